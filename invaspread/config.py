@@ -1,0 +1,257 @@
+"""Typed configuration: dataclasses, loaded from YAML, overridden with ``section.key=value``.
+
+An unknown section or key, a value of the wrong type or an unknown choice is a ``ConfigError``
+naming the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+
+
+class InvaspreadError(Exception):
+    """An error with a one-line message meant for the user (the CLI prints it without a traceback)."""
+
+
+class ConfigError(InvaspreadError, ValueError):
+    pass
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | cifar10 | cifar10_unseen | image_folder | stl10 | cub200 | cars196 | sop
+    root: Optional[str] = None  # data set folder or archive; see README "Data sets"
+    test_root: Optional[str] = None  # image_folder only: a labelled folder to evaluate on
+    download: bool = False  # let torchvision download CIFAR-10 / STL-10 into root when missing
+    image_size: int = 32  # side of the training views (and of evaluation images)
+    resize: Optional[int] = None  # fine-grained recipe: resize to resize x resize before cropping
+    stl10_split: str = "train"  # STL-10 training split: "train" (5K) or "train+unlabeled" (105K)
+    subset_per_class: Optional[int] = None  # keep the first N images per class of the training split
+    test_subset_per_class: Optional[int] = None  # same for the evaluation split
+    in_memory: Optional[bool] = None  # decode every image once into RAM; null = when small enough
+    num_workers: int = 2  # DataLoader workers for CPU augmentation
+    mean: Optional[List[float]] = None  # normalisation; null = the data set's usual values
+    std: Optional[List[float]] = None
+    cache_dir: Optional[str] = None  # decoded-array cache (archives); null = ~/.cache/invaspread
+
+
+@dataclass
+class AugmentConfig:
+    recipe: str = "released"  # "released": crop+jitter+gray+flip (CIFAR/STL); "finegrained": resize, crop, flip
+    crop: bool = True  # RandomResizedCrop (Table 7 "w/o R": false)
+    crop_scale_min: float = 0.2  # RandomResizedCrop scale=(crop_scale_min, 1)
+    color_jitter: float = 0.4  # ColorJitter(b, c, s, h) strength; 0 disables ("w/o C")
+    grayscale_p: float = 0.2  # RandomGrayscale probability; 0 disables ("w/o G")
+    flip: bool = True  # RandomHorizontalFlip ("w/o F": false)
+    on_device: Optional[bool] = None  # augment on the GPU from a device-resident copy; null = on CUDA when possible
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | inception_v1
+    width: int = 64  # resnet18_cifar only: channels of the first stage (64 = the paper's ResNet18)
+    embedding_dim: int = 128
+    pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.1
+    variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
+    stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
+    positive: str = "augmentation"  # | "augmentation_or_neighbour": the paper's CUB-200 option (Sec. 4.2)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "step"  # "step" (multiply by decay_factors at decay_epochs) | "cosine" | "constant"
+    decay_epochs: List[int] = field(default_factory=lambda: [120, 160])
+    decay_factors: List[float] = field(default_factory=lambda: [0.1, 0.01])
+    warmup_epochs: int = 0  # linear warm-up from 0, per step
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128  # instances per step; each step sees 2 x batch_size images
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    bf16: bool = True  # bf16 autocast (CUDA only; CPU runs in float32)
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the model (CUDA only)
+    eval_every: int = 1  # kNN every N epochs (and always after the last); 0 = only at the end
+    eval_at_start: bool = True  # also evaluate the untrained network (epoch 0)
+    progress: bool = True  # a progress bar per epoch
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    batch_size: int = 512  # images per forward pass when building feature banks
+    recall_ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CHOICES = {
+    "data.name": ("digits", "cifar10", "cifar10_unseen", "image_folder", "stl10", "cub200", "cars196", "sop"),
+    "data.stl10_split": ("train", "train+unlabeled"),
+    "augment.recipe": ("released", "finegrained"),
+    "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
+    "loss.variant": ("reference", "paper"),
+    "loss.positive": ("augmentation", "augmentation_or_neighbour"),
+    "optim.schedule": ("step", "cosine", "constant"),
+}
+
+
+def _describe(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, key)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r}: expected a list of {_describe(args[0])}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}={value!r}: expected {_describe(tp)}")
+
+
+def _section_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _set(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
+    where = f" in {source}" if source else ""
+    parts = dotted.split(".")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if len(parts) != 2 or parts[0] not in sections:
+        hint = difflib.get_close_matches(parts[0], sections, n=1)
+        raise ConfigError(f"unknown config key {dotted!r}{where}: keys look like section.key with section one of "
+                          f"{sorted(sections)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    section = getattr(cfg, parts[0])
+    types = _section_types(type(section))
+    if parts[1] not in types:
+        hint = difflib.get_close_matches(parts[1], types, n=1)
+        raise ConfigError(f"unknown config key {dotted!r}{where}"
+                          + (f"; did you mean '{parts[0]}.{hint[0]}'?" if hint else
+                             f"; known keys of '{parts[0]}': {', '.join(types)}"))
+    setattr(section, parts[1], _coerce(value, types[parts[1]], dotted))
+
+
+def validate(cfg: Config) -> Config:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+    positive = {"loss.temperature": cfg.loss.temperature, "train.epochs": cfg.train.epochs,
+                "data.image_size": cfg.data.image_size, "eval.knn_k": cfg.eval.knn_k,
+                "eval.knn_temperature": cfg.eval.knn_temperature, "model.embedding_dim": cfg.model.embedding_dim,
+                "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}={value!r}: expected a positive number")
+    if cfg.train.batch_size < 2:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: the loss needs at least 2 instances per batch")
+    if len(cfg.optim.decay_epochs) != len(cfg.optim.decay_factors):
+        raise ConfigError(f"optim.decay_epochs {cfg.optim.decay_epochs} and optim.decay_factors "
+                          f"{cfg.optim.decay_factors} must have the same length")
+    if not 0 <= cfg.augment.color_jitter <= 0.5:
+        raise ConfigError(f"augment.color_jitter={cfg.augment.color_jitter}: expected 0..0.5 (hue range limit)")
+    if not 0 <= cfg.augment.grayscale_p <= 1:
+        raise ConfigError(f"augment.grayscale_p={cfg.augment.grayscale_p}: expected a probability in 0..1")
+    if not 0 < cfg.augment.crop_scale_min <= 1:
+        raise ConfigError(f"augment.crop_scale_min={cfg.augment.crop_scale_min}: expected 0 < value <= 1")
+    for key, value in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
+        if value is not None and len(value) != 3:
+            raise ConfigError(f"{key}={value}: expected 3 numbers (R, G, B)")
+    return cfg
+
+
+def from_dict(data: dict, source: str = "") -> Config:
+    cfg = Config()
+    where = f" in {source}" if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config{where} must be a mapping of sections, got {type(data).__name__}")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r}{where} must be a mapping of keys to values")
+        for key, value in values.items():
+            _set(cfg, f"{section}.{key}", value, source)
+    return cfg
+
+
+def parse_override(text: str):
+    """``"train.epochs=3"`` -> ("train.epochs", 3); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
+    """Read ``path`` (YAML) if given, apply ``overrides`` (``section.key=value``), validate."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        cfg = from_dict(data, str(path))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set(cfg, key, value, "--set")
+    return validate(cfg)
+
+
+def save_config(cfg: Config, path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

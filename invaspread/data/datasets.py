@@ -1,0 +1,151 @@
+"""Data sets by name (``DATASETS``, a plain dict) and the torch ``Dataset`` wrappers for training.
+
+Every loader returns a ``DataBundle``: the unlabelled training images, and for evaluation either a
+labelled reference bank + queries (seen categories: kNN / linear probe) or queries alone (unseen
+categories: Recall@K / NMI within the test set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .sources import (DataError, first_per_class, load_digits_images, load_torchvision_cifar10, maybe_to_memory,
+                      read_imagefolder_archive, scan_image_folder)
+from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass
+class DataBundle:
+    train: object  # ArrayImages | FileImages; labels, if any, are never used for training
+    bank: Optional[object]  # labelled reference set (seen setting), evaluated with the eval transform
+    query: Optional[object]  # labelled test set
+    setting: str  # "seen" (kNN, linear) or "unseen" (Recall@K, NMI)
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+class TwoViewDataset(Dataset):
+    """Yields ``(view1, view2, index)``: two independent augmentations of instance ``index``.
+
+    ``positive_index`` (optional, length N) replaces the second view's source image: the paper's
+    CUB-200 option draws it from the instance's nearest neighbour half of the time.
+    """
+
+    def __init__(self, source, transform):
+        self.source, self.transform = source, transform
+        self.positive_index: Optional[np.ndarray] = None
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        j = i if self.positive_index is None else int(self.positive_index[i])
+        return self.transform(self.source.image(i)), self.transform(self.source.image(j)), i
+
+
+class EvalDataset(Dataset):
+    """Yields ``(image, index)`` with a deterministic evaluation transform."""
+
+    def __init__(self, source, transform):
+        self.source, self.transform = source, transform
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return self.transform(self.source.image(i)), i
+
+
+def _subset(source, n):
+    if n is None or source.labels is None:
+        return source
+    return source.subset(first_per_class(source.labels, n))
+
+
+def _digits(cfg, progress):
+    train, test = load_digits_images(cfg.image_size)
+    return DataBundle(_subset(train, cfg.subset_per_class), _subset(train, cfg.subset_per_class),
+                      _subset(test, cfg.test_subset_per_class), "seen", CIFAR10_MEAN, CIFAR10_STD)
+
+
+def cifar10_splits(cfg, progress: bool = True):
+    """(train, test) ArrayImages from whatever ``data.root`` holds; see README "Data sets"."""
+    per_class = {"train": cfg.subset_per_class, "test": cfg.test_subset_per_class}
+    if cfg.root is None:
+        raise DataError("data.root is not set: give the CIFAR-10 location with --data-dir (a cifar-10-batches-py "
+                        "parent folder, an image folder with train/ and test/, or cifar10-jpeg.tar.gz)")
+    root = Path(cfg.root).expanduser()
+    archives = sorted(root.glob("*.tar.gz")) + sorted(root.glob("*.tgz")) if root.is_dir() else []
+    if root.is_file() or (root.is_dir() and not (root / "train").is_dir() and len(archives) == 1
+                          and not (root / "cifar-10-batches-py").is_dir()):
+        archive = root if root.is_file() else archives[0]
+        splits = read_imagefolder_archive(archive, ["train", "test"], per_class, cfg.cache_dir)
+        return splits["train"], splits["test"]
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        out = []
+        for split in ("train", "test"):
+            files = _subset(scan_image_folder(root / split, labelled=True), per_class[split])
+            out.append(maybe_to_memory(files, True if cfg.in_memory is None else cfg.in_memory, progress))
+        return tuple(out)
+    if root.name == "cifar-10-batches-py":
+        root = root.parent
+    if not (root / "cifar-10-batches-py").is_dir() and not cfg.download:
+        raise DataError(f"data.root={cfg.root}: found neither cifar-10-batches-py/, train/ and test/ folders, nor "
+                        f"one .tar.gz archive; set data.download=true to download CIFAR-10 there")
+    train = load_torchvision_cifar10(root, True, cfg.download)
+    test = load_torchvision_cifar10(root, False, cfg.download)
+    return _subset(train, per_class["train"]), _subset(test, per_class["test"])
+
+
+def _cifar10(cfg, progress):
+    train, test = cifar10_splits(cfg, progress)
+    return DataBundle(train, train, test, "seen", cfg.mean or CIFAR10_MEAN, cfg.std or CIFAR10_STD)
+
+
+def _cifar10_unseen(cfg, progress):
+    """Offline stand-in for the unseen-category protocol: train on classes 0-4, test on 5-9."""
+    train, test = cifar10_splits(cfg, progress)
+    train = train.subset(np.flatnonzero(train.labels < 5))
+    test = test.subset(np.flatnonzero(test.labels >= 5))
+    return DataBundle(train, None, test, "unseen", cfg.mean or CIFAR10_MEAN, cfg.std or CIFAR10_STD)
+
+
+def _image_folder(cfg, progress):
+    if cfg.root is None:
+        raise DataError("data.name=image_folder needs data.root (a folder of images, or of <class>/ sub-folders)")
+    train = maybe_to_memory(_subset(scan_image_folder(cfg.root), cfg.subset_per_class), cfg.in_memory, progress)
+    bank = query = None
+    if cfg.test_root is not None:
+        query = maybe_to_memory(_subset(scan_image_folder(cfg.test_root, labelled=True), cfg.test_subset_per_class),
+                                cfg.in_memory, progress)
+        if train.labels is not None:
+            bank = train
+    return DataBundle(train, bank, query, "seen", cfg.mean or IMAGENET_MEAN, cfg.std or IMAGENET_STD)
+
+
+# name -> function(data_config, progress) -> DataBundle; the benchmark data sets register in .benchmarks
+DATASETS = {
+    "digits": _digits,
+    "cifar10": _cifar10,
+    "cifar10_unseen": _cifar10_unseen,
+    "image_folder": _image_folder,
+}
+
+
+def build_data(cfg, progress: bool = True) -> DataBundle:
+    from . import benchmarks  # noqa: F401  (registers stl10, cub200, cars196, sop)
+
+    if cfg.name not in DATASETS:
+        raise DataError(f"data.name={cfg.name!r} is unknown; choose one of {sorted(DATASETS)}")
+    return DATASETS[cfg.name](cfg, progress)
+
+
+def images_as_tensor(source) -> torch.Tensor:
+    """(N, 3, H, W) uint8 view of an in-memory source, for device-resident training data."""
+    return torch.from_numpy(source.images).permute(0, 3, 1, 2)

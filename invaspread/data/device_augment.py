@@ -1,0 +1,198 @@
+"""Per-sample augmentation of a whole batch on the device (GPU, or CPU in tests).
+
+Reproduces the released recipe's torchvision semantics for every image independently (torchvision
+v2 applied to a batch tensor draws *one* set of parameters for the whole batch, which is not this):
+
+* RandomResizedCrop(size, scale=(s, 1), ratio=(3/4, 4/3)): torchvision's 10 tries of
+  (area ~ U(scale) * H * W, log-ratio ~ U(log ratio)), rounded sides, uniform integer offsets, and
+  its centre-crop fallback; resampled with PIL's bilinear filter (triangle kernel, widened by the
+  scale factor when shrinking, restricted to the crop box) as two batched matrix products.
+* ColorJitter(b, c, s, h): factors ~ U(max(0, 1 - x), 1 + x), hue ~ U(-h, h), the four operations
+  in a random order per image (torchvision's ``randperm(4)``), with torchvision's formulas:
+  brightness blends with black, contrast with the mean grey level, saturation with the grey image,
+  hue rotates H in HSV; each clamps to [0, 1].
+* RandomGrayscale(p): luma 0.2989 R + 0.587 G + 0.114 B.
+* RandomHorizontalFlip(0.5), folded into the column resampling matrix (flip commutes with the
+  per-pixel colour operations and their image-wide means).
+* ToTensor + Normalize.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence
+
+import torch
+
+LUMA = (0.2989, 0.587, 0.114)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+CROP_TRIES = 10
+
+
+def _uniform(shape, low, high, generator, device):
+    return torch.rand(shape, generator=generator, device=device) * (high - low) + low
+
+
+def sample_crop_boxes(n: int, height: int, width: int, scale=(0.2, 1.0), ratio=RATIO,
+                      generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+    """(n, 4) int64 boxes (top, left, h, w) distributed as ``RandomResizedCrop.get_params``."""
+    area = height * width
+    target_area = area * _uniform((n, CROP_TRIES), scale[0], scale[1], generator, device)
+    log_ratio = _uniform((n, CROP_TRIES), math.log(ratio[0]), math.log(ratio[1]), generator, device)
+    aspect = torch.exp(log_ratio)
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(valid.any(1), valid.float().argmax(1), torch.full((n,), -1, device=valid.device))
+    pick = first.clamp_min(0)[:, None]
+    w = w.gather(1, pick).squeeze(1)
+    h = h.gather(1, pick).squeeze(1)
+    # torch.randint(0, H - h + 1): a uniform integer offset per image
+    top = torch.floor(torch.rand(n, generator=generator, device=device) * (height - h + 1))
+    left = torch.floor(torch.rand(n, generator=generator, device=device) * (width - w + 1))
+    # fallback: the largest centred crop whose aspect ratio lies inside ``ratio``
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    fallback = first < 0
+    h = torch.where(fallback, torch.full_like(h, fh), h)
+    w = torch.where(fallback, torch.full_like(w, fw), w)
+    top = torch.where(fallback, torch.full_like(top, (height - fh) // 2), top)
+    left = torch.where(fallback, torch.full_like(left, (width - fw) // 2), left)
+    return torch.stack([top, left, h, w], dim=1).long()
+
+
+def resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+    """(B, out_size, in_size) weights of PIL's bilinear resize of pixels [start, start + length).
+
+    Output pixel o has centre c = start + (o + 0.5) * length / out_size; input pixel k gets weight
+    max(0, 1 - |k + 0.5 - c| / max(scale, 1)) if k lies in the crop, normalised per row.
+    """
+    start, length = start.float()[:, None, None], length.float()[:, None, None]
+    scale = length / out_size
+    support = scale.clamp_min(1.0)
+    o = torch.arange(out_size, device=start.device, dtype=torch.float32)[None, :, None]
+    k = torch.arange(in_size, device=start.device, dtype=torch.float32)[None, None, :]
+    centre = start + (o + 0.5) * scale
+    weights = (1 - (k + 0.5 - centre).abs() / support).clamp_min(0)
+    weights = weights * ((k >= start) & (k < start + length))
+    return weights / weights.sum(-1, keepdim=True)
+
+
+def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: Optional[torch.Tensor] = None):
+    """Crop ``boxes`` (B, 4: top, left, h, w) out of float images (B, C, H, W), resize to size x size,
+    optionally mirror rows where ``flip`` (B,) is True."""
+    _, _, height, width = images.shape
+    rows = resample_matrix(boxes[:, 0], boxes[:, 2], height, size)   # (B, size, H)
+    cols = resample_matrix(boxes[:, 1], boxes[:, 3], width, size)    # (B, size, W)
+    if flip is not None:
+        cols = torch.where(flip[:, None, None], cols.flip(1), cols)
+    out = images @ cols.transpose(1, 2)[:, None]                     # (B, C, H, size)
+    return rows[:, None] @ out                                       # (B, C, size, size)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma, torchvision's weights."""
+    return LUMA[0] * x[:, 0:1] + LUMA[1] * x[:, 1:2] + LUMA[2] * x[:, 2:3]
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    maxc, minc = x.max(1).values, x.min(1).values
+    eqc = maxc == minc
+    cr = maxc - minc
+    ones = torch.ones_like(maxc)
+    s = cr / torch.where(eqc, ones, maxc)
+    cr_divisor = torch.where(eqc, ones, cr)
+    rc, gc, bc = (maxc - r) / cr_divisor, (maxc - g) / cr_divisor, (maxc - b) / cr_divisor
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    return torch.stack([h, s, maxc], 1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p = (v * (1.0 - s)).clamp(0.0, 1.0)
+    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
+    # sector i -> (r, g, b) picks among (v, q, p, t)
+    table = torch.stack([v, q, p, t], 1)                                  # (B, 4, H, W)
+    pick = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=x.device)
+    idx = pick[i].permute(0, 3, 1, 2)                                     # (B, 3, H, W)
+    return table.gather(1, idx)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    hsv = rgb_to_hsv(x)
+    h = torch.remainder(hsv[:, 0] + shift[:, None, None], 1.0)
+    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], 1))
+
+
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """x: (B, 3, H, W) in [0, 1]; order: (B, 4) permutation of the four ops; factors: (B, 4) as
+    (brightness, contrast, saturation, hue shift). Applies op order[:, t] at step t to every image."""
+    for step in range(4):
+        op = order[:, step]
+        factor = factors.gather(1, op[:, None]).squeeze(1)[:, None, None, None]
+        gray = grayscale(x)
+        reference = torch.where((op == CONTRAST)[:, None, None, None], gray.mean((2, 3), keepdim=True),
+                                torch.where((op == SATURATION)[:, None, None, None], gray, torch.zeros_like(gray)))
+        # brightness, contrast and saturation are all blends with a reference: f x + (1 - f) ref
+        blended = (factor * x + (1 - factor) * reference).clamp(0.0, 1.0)
+        is_hue = op == HUE
+        x = torch.where(is_hue[:, None, None, None], adjust_hue(x, torch.where(is_hue, factors[:, HUE], 0.0)), blended)
+    return x
+
+
+class DeviceAugment:
+    """Draws per-image parameters and applies the released recipe to a uint8 batch on its device."""
+
+    def __init__(self, size: int, aug, mean: Sequence[float], std: Sequence[float]):
+        if aug.recipe != "released":
+            raise ValueError(f"on-device augmentation implements augment.recipe=released, not {aug.recipe!r}")
+        self.size, self.aug = size, aug
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def sample(self, n: int, height: int, width: int, generator=None, device=None) -> Dict[str, torch.Tensor]:
+        aug, j = self.aug, self.aug.color_jitter
+        if aug.crop:
+            boxes = sample_crop_boxes(n, height, width, (aug.crop_scale_min, 1.0), RATIO, generator, device)
+        else:
+            boxes = torch.tensor([[0, 0, height, width]], device=device).expand(n, 4)
+        factors = torch.stack([_uniform((n,), max(0.0, 1 - j), 1 + j, generator, device) for _ in range(3)]
+                              + [_uniform((n,), -j, j, generator, device)], 1)
+        return {
+            "boxes": boxes,
+            "jitter_order": torch.rand((n, 4), generator=generator, device=device).argsort(1),
+            "jitter_factors": factors,
+            "grayscale": torch.rand(n, generator=generator, device=device) < aug.grayscale_p,
+            "flip": (torch.rand(n, generator=generator, device=device) < 0.5) & aug.flip,
+        }
+
+    def apply(self, images: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """images: (B, 3, H, W) uint8 -> (B, 3, size, size) normalised float32."""
+        x = images.float() / 255.0
+        x = resized_crop(x, params["boxes"], self.size, params["flip"])
+        if self.aug.color_jitter > 0:
+            x = color_jitter(x, params["jitter_order"], params["jitter_factors"])
+        if self.aug.grayscale_p > 0:
+            x = torch.where(params["grayscale"][:, None, None, None], grayscale(x).expand_as(x), x)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator, images.device)
+        return self.apply(images, params)

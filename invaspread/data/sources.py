@@ -1,0 +1,250 @@
+"""Where images come from: in-memory arrays or files on disk, with optional labels.
+
+Two interchangeable containers (no base class, same three members):
+``len(source)``, ``source.image(i) -> PIL.Image`` (RGB) and ``source.labels`` (int64 array or None).
+
+Readers here cover the generic layouts: a torchvision ``cifar-10-batches-py`` folder, an image
+folder (``root/<class>/*.jpg`` or a flat folder of unlabelled images), an ImageFolder-layout
+``.tar.gz`` archive (the shared CIFAR-10 JPEG copy) and scikit-learn's bundled digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..config import InvaspreadError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff")
+IN_MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
+
+
+class DataError(InvaspreadError):
+    pass
+
+
+@dataclass
+class ArrayImages:
+    """Decoded images of one size held in RAM: ``images`` (N, H, W, 3) uint8."""
+
+    images: np.ndarray
+    labels: Optional[np.ndarray] = None
+    classes: Optional[List[str]] = None
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.shape[3] != 3 or self.images.dtype != np.uint8:
+            raise DataError(f"ArrayImages expects (N, H, W, 3) uint8 images, got {self.images.shape} "
+                            f"{self.images.dtype}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i])
+
+    def subset(self, indices) -> "ArrayImages":
+        labels = None if self.labels is None else self.labels[indices]
+        return ArrayImages(self.images[indices], labels, self.classes)
+
+
+@dataclass
+class FileImages:
+    """Images read from disk on every access (large or variable-size collections)."""
+
+    paths: List[str]
+    labels: Optional[np.ndarray] = None
+    classes: Optional[List[str]] = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> Image.Image:
+        path = self.paths[i]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read image {path}: {err}") from err
+
+    def subset(self, indices) -> "FileImages":
+        labels = None if self.labels is None else self.labels[indices]
+        return FileImages([self.paths[i] for i in indices], labels, self.classes)
+
+    def to_memory(self, progress: bool = False) -> "ArrayImages":
+        """Decode every image once; all images must share one size."""
+        from tqdm.auto import tqdm
+
+        first = np.asarray(self.image(0))
+        out = np.empty((len(self),) + first.shape, np.uint8)
+        for i in tqdm(range(len(self)), desc="decoding images", disable=not progress, leave=False):
+            arr = np.asarray(self.image(i))
+            if arr.shape != first.shape:
+                raise DataError(f"{self.paths[i]} is {arr.shape[1]}x{arr.shape[0]} but {self.paths[0]} is "
+                                f"{first.shape[1]}x{first.shape[0]}; set data.in_memory=false or resize the images")
+            out[i] = arr
+        return ArrayImages(out, self.labels, self.classes)
+
+
+def first_per_class(labels: np.ndarray, n: Optional[int]) -> np.ndarray:
+    """Indices of the first ``n`` items of every class, in their original order (all when n is None)."""
+    if n is None:
+        return np.arange(len(labels))
+    seen: dict = defaultdict(int)
+    keep = []
+    for i, y in enumerate(labels):
+        if seen[int(y)] < n:
+            seen[int(y)] += 1
+            keep.append(i)
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def scan_image_folder(root, labelled: Optional[bool] = None) -> FileImages:
+    """``root/<class>/<image>`` (labelled, classes sorted as in torchvision's ImageFolder) or a flat
+    folder of images (unlabelled). Files are sorted by name within each class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a directory")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if labelled is None:
+        labelled = bool(class_dirs)
+    if labelled:
+        paths, labels = [], []
+        for label, d in enumerate(class_dirs):
+            files = sorted(p for p in d.rglob("*") if p.is_file() and _is_image(p.name))
+            paths += [str(p) for p in files]
+            labels += [label] * len(files)
+        source = FileImages(paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs])
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+        source = FileImages([str(p) for p in files])
+    if len(source) == 0:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+    return source
+
+
+def maybe_to_memory(source: FileImages, in_memory: Optional[bool], progress: bool = True):
+    """Decode into RAM when asked (True) or, for None, when all images look small enough."""
+    if in_memory is False:
+        return source
+    if in_memory is None:
+        with Image.open(source.paths[0]) as img:
+            w, h = img.size
+        if len(source) * w * h * 3 > IN_MEMORY_LIMIT_BYTES:
+            return source
+        try:
+            return source.to_memory(progress)
+        except DataError:
+            return source  # variable sizes: stay on disk
+    return source.to_memory(progress)
+
+
+def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional[dict] = None,
+                             cache_dir: Optional[str] = None) -> dict:
+    """Decode an ImageFolder-layout ``.tar.gz`` (``[prefix/]split/<class>/<file>``) into ArrayImages.
+
+    Returns {split: ArrayImages}. ``per_class[split]`` keeps only the first N files (by name) of each
+    class. Decoded arrays are cached as ``.npz`` keyed by the archive's path, size and mtime.
+    """
+    archive = Path(archive)
+    if not archive.is_file():
+        raise DataError(f"archive {archive} does not exist")
+    per_class = per_class or {}
+    stat = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sorted(splits)}|"
+                       f"{sorted(per_class.items())}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir or os.environ.get("INVASPREAD_CACHE", Path.home() / ".cache" / "invaspread"))
+    cache_file = cache / f"{archive.name.split('.')[0]}-{key}.npz"
+    if cache_file.is_file():
+        with np.load(cache_file, allow_pickle=False) as z:
+            return {s: ArrayImages(z[f"{s}_images"], z[f"{s}_labels"], [str(c) for c in z["classes"]])
+                    for s in splits}
+
+    pattern = re.compile(r"^(?:.*/)?(" + "|".join(map(re.escape, splits)) + r")/([^/]+)/([^/]+)$")
+    raw: dict = {s: defaultdict(list) for s in splits}  # split -> class -> [(name, bytes)]
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                m = pattern.match(member.name)
+                if not member.isfile() or m is None or not _is_image(m.group(3)):
+                    continue
+                raw[m.group(1)][m.group(2)].append((m.group(3), tar.extractfile(member).read()))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"cannot read archive {archive}: {err}") from err
+    classes = sorted(set().union(*[raw[s].keys() for s in splits]))
+    if not classes:
+        raise DataError(f"archive {archive} has no images laid out as {'|'.join(splits)}/<class>/<file>")
+    out = {}
+    for s in splits:
+        images, labels = [], []
+        for label, c in enumerate(classes):
+            files = sorted(raw[s].get(c, []))[: per_class.get(s)]
+            for _, data in files:
+                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+                labels.append(label)
+        if not images:
+            raise DataError(f"archive {archive} has no images under split '{s}/'")
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise DataError(f"archive {archive}: images of split '{s}' differ in size {sorted(shapes)[:3]}")
+        out[s] = ArrayImages(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npz")
+        np.savez(tmp, classes=np.asarray(classes),
+                 **{f"{s}_images": a.images for s, a in out.items()},
+                 **{f"{s}_labels": a.labels for s, a in out.items()})
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a read-only cache is not an error
+    return out
+
+
+def load_torchvision_cifar10(root, train: bool, download: bool) -> ArrayImages:
+    """torchvision's CIFAR10 (``root/cifar-10-batches-py``), downloading when allowed."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=train, download=download)
+    except RuntimeError as err:  # "Dataset not found or corrupted"
+        raise DataError(f"no CIFAR-10 at {root}/cifar-10-batches-py ({err}); set data.download=true to "
+                        f"download it, or point data.root at an image folder or the JPEG archive") from err
+    except OSError as err:  # URLError when offline
+        raise DataError(f"could not download CIFAR-10 into {root}: {err}. Offline, point data.root at a "
+                        f"cifar-10-batches-py folder, an image folder with train/ and test/, or "
+                        f"cifar10-jpeg.tar.gz") from err
+    return ArrayImages(np.ascontiguousarray(ds.data), np.asarray(ds.targets, dtype=np.int64), list(ds.classes))
+
+
+def load_digits_images(size: int = 32) -> tuple:
+    """scikit-learn's bundled 8x8 digits (1,797 images), upsampled to ``size`` and made RGB.
+
+    Returns (train, test): a fixed stratified split, the first 70% of each class for training.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    gray = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
+    resized = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BILINEAR)) for g in gray])
+    images = np.repeat(resized[..., None], 3, axis=3)
+    labels = digits.target.astype(np.int64)
+    train_mask = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        train_mask[idx[: int(0.7 * len(idx))]] = True
+    classes = [str(c) for c in range(10)]
+    return (ArrayImages(images[train_mask], labels[train_mask], classes),
+            ArrayImages(images[~train_mask], labels[~train_mask], classes))

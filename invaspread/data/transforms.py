@@ -1,0 +1,51 @@
+"""Per-view augmentation (CPU, PIL, torchvision) and the evaluation transform.
+
+"released" recipe, from the authors' code (paper Section 4.1, "default parameters"):
+RandomResizedCrop(size, scale=(0.2, 1)) -> ColorJitter(0.4, 0.4, 0.4, 0.4) -> RandomGrayscale(0.2)
+-> RandomHorizontalFlip -> ToTensor -> Normalize. Each ``augment.*`` switch removes one operation,
+as in the ablation of Table 7.
+
+"finegrained" recipe (Section 4.2): resize to 256x256, random 227x227 crop, horizontal flip;
+evaluation takes the single centre crop.
+"""
+
+from __future__ import annotations
+
+from torchvision import transforms as T
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # released code's values
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def train_transform(aug, image_size: int, mean, std, resize=None):
+    ops = []
+    if aug.recipe == "finegrained":
+        if resize:
+            ops.append(T.Resize((resize, resize)))
+        ops.append(T.RandomCrop(image_size) if aug.crop else T.CenterCrop(image_size))
+    else:
+        if aug.crop:
+            ops.append(T.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0)))
+        else:
+            ops.append(T.Resize((image_size, image_size)))
+        if aug.color_jitter > 0:
+            j = aug.color_jitter
+            ops.append(T.ColorJitter(j, j, j, j))
+        if aug.grayscale_p > 0:
+            ops.append(T.RandomGrayscale(p=aug.grayscale_p))
+    if aug.flip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(ops)
+
+
+def eval_transform(aug, image_size: int, mean, std, resize=None):
+    """Deterministic: (resize + centre crop for the fine-grained recipe), ToTensor, Normalize."""
+    ops = []
+    if aug.recipe == "finegrained":
+        if resize:
+            ops.append(T.Resize((resize, resize)))
+        ops.append(T.CenterCrop(image_size))
+    else:
+        ops.append(T.Resize((image_size, image_size)))
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])

@@ -1,0 +1,99 @@
+"""Training batches ``(view1, view2, index)`` for one epoch, from the CPU or from device memory.
+
+Both sources draw everything random in an epoch (shuffle order, augmentation) from generators
+seeded by (seed, epoch), so a run resumed at an epoch boundary repeats exactly what an
+uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.datasets import TwoViewDataset, images_as_tensor
+from ..data.device_augment import DeviceAugment
+from ..data.transforms import train_transform
+
+Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch)) % (2 ** 63)
+
+
+class CPUBatches:
+    """PIL/torchvision augmentation in DataLoader workers (the released code's pipeline)."""
+
+    def __init__(self, source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
+        self.dataset = TwoViewDataset(source, train_transform(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize))
+        self.batch_size, self.device = batch_size, device
+        self.num_workers = data_cfg.num_workers
+
+    def __len__(self):
+        return len(self.dataset) // self.batch_size
+
+    def set_positive_index(self, index: Optional[np.ndarray]):
+        self.dataset.positive_index = index
+
+    def epoch(self, seed: int, epoch: int) -> Iterator[Batch]:
+        s = epoch_seed(seed, epoch)
+        torch.manual_seed(s)  # augmentation RNG when num_workers == 0
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(s),
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for v1, v2, idx in loader:
+            yield (v1.to(self.device, non_blocking=True), v2.to(self.device, non_blocking=True),
+                   idx.to(self.device, non_blocking=True))
+
+
+class DeviceBatches:
+    """The whole decoded training set lives on the device as uint8; a batch is an index gather plus
+    per-sample augmentation on the device (``DeviceAugment``). No workers, no host copies per step."""
+
+    def __init__(self, source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
+        self.images = images_as_tensor(source).to(device).contiguous()   # (N, 3, H, W) uint8
+        self.augment = DeviceAugment(data_cfg.image_size, aug_cfg, mean, std)
+        self.batch_size, self.device = batch_size, device
+        self.positive_index: Optional[torch.Tensor] = None
+
+    def __len__(self):
+        return self.images.shape[0] // self.batch_size
+
+    def set_positive_index(self, index: Optional[np.ndarray]):
+        self.positive_index = None if index is None else torch.as_tensor(index, device=self.device)
+
+    def epoch(self, seed: int, epoch: int) -> Iterator[Batch]:
+        s = epoch_seed(seed, epoch)
+        order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
+        gen = torch.Generator(device=self.device).manual_seed(s)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            second = idx if self.positive_index is None else self.positive_index[idx]
+            # both views in one call: one set of kernel launches for 2B images
+            views = self.augment(self.images[torch.cat([idx, second])], gen)
+            yield views[: len(idx)], views[len(idx):], idx
+
+
+def use_device_batches(source, data_cfg, aug_cfg, device: torch.device) -> bool:
+    """augment.on_device: True forces it (error if impossible), None picks it on CUDA when possible."""
+    in_memory = getattr(source, "images", None) is not None
+    possible = in_memory and aug_cfg.recipe == "released"
+    if aug_cfg.on_device is True and not possible:
+        from ..config import ConfigError
+
+        raise ConfigError("augment.on_device=true needs in-memory images of one size and augment.recipe=released")
+    if aug_cfg.on_device is None:
+        return possible and device.type == "cuda"
+    return bool(aug_cfg.on_device)
+
+
+def make_batches(source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
+    if len(source) < batch_size:
+        from ..config import ConfigError
+
+        raise ConfigError(f"train.batch_size={batch_size} is larger than the {len(source)} training images")
+    cls = DeviceBatches if use_device_batches(source, data_cfg, aug_cfg, device) else CPUBatches
+    return cls(source, data_cfg, aug_cfg, mean, std, batch_size, device)

@@ -1,0 +1,66 @@
+"""Evaluate a model on a ``DataBundle`` with one of the paper's protocols; returns a flat dict of numbers.
+
+* ``knn`` (seen categories, Tables 1-2): weighted kNN, bank = labelled training images (eval transform).
+* ``linear`` (Table 2's "Linear"): a linear classifier on frozen features of the labelled train split.
+* ``retrieval`` (unseen categories, Tables 3-6): Recall@K and NMI within the test set.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, Optional
+
+import torch
+
+from ..config import ConfigError
+from ..evaluate import knn_accuracy, source_features
+
+PROTOCOLS = ("knn", "linear", "retrieval")
+
+
+def default_protocol(bundle) -> str:
+    return "retrieval" if bundle.setting == "unseen" else "knn"
+
+
+def _features(model, source, cfg, bundle, device, progress):
+    autocast = torch.bfloat16 if (cfg.train.bf16 and device.type == "cuda") else None
+    return source_features(model, source, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
+                           device, progress=progress, autocast_dtype=autocast,
+                           channels_last=cfg.train.channels_last and device.type == "cuda")
+
+
+def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bool = True,
+             progress: bool = False) -> Dict[str, float]:
+    """Run ``protocol`` (default: the bundle's setting) and return e.g. {"knn_top1": 83.1, ...}."""
+    from ..evaluate.linear import linear_probe
+    from ..evaluate.retrieval import nmi as nmi_score
+    from ..evaluate.retrieval import recall_at_k
+
+    protocol = protocol or default_protocol(bundle)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
+    if bundle.query is None or bundle.query.labels is None:
+        return {}
+    start = time.perf_counter()
+    query = _features(model, bundle.query, cfg, bundle, device, progress)
+    query_labels = torch.as_tensor(bundle.query.labels, device=query.device)
+    if protocol == "retrieval":
+        ks = tuple(cfg.eval.recall_ks)
+        out = {f"recall@{k}": v for k, v in recall_at_k(query, query_labels, ks).items()}
+        if nmi:
+            out["nmi"] = nmi_score(query, query_labels, seed=cfg.train.seed)
+    else:
+        if bundle.bank is None or bundle.bank.labels is None:
+            raise ConfigError(f"protocol {protocol!r} needs labelled training images; data.name={cfg.data.name} "
+                              f"has none (use --protocol retrieval)")
+        bank = _features(model, bundle.bank, cfg, bundle, device, progress)
+        bank_labels = torch.as_tensor(bundle.bank.labels, device=bank.device)
+        num_classes = int(max(bank_labels.max().item(), query_labels.max().item())) + 1
+        if protocol == "knn":
+            acc = knn_accuracy(bank, bank_labels, query, query_labels, cfg.eval.knn_k, cfg.eval.knn_temperature,
+                               num_classes)
+            out = {"knn_top1": acc["top1"], "knn_top5": acc["top5"]}
+        else:
+            out = {"linear_top1": linear_probe(bank, bank_labels, query, query_labels, seed=cfg.train.seed)}
+    out["eval_seconds"] = time.perf_counter() - start
+    return out

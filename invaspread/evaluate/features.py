@@ -1,0 +1,70 @@
+"""Feature banks: embed a whole image source with an explicit evaluation transform, in eval mode."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.datasets import EvalDataset, images_as_tensor
+
+
+@torch.no_grad()
+def embed_uint8(model, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                batch_size: int = 512, device=None, channels_last: bool = False,
+                autocast_dtype: Optional[torch.dtype] = None, pooled: bool = False) -> torch.Tensor:
+    """Embed (N, 3, H, W) uint8 images with the ToTensor + Normalize evaluation transform, batched
+    on ``device`` without any per-image Python work. Returns (N, d) float32 on ``device``."""
+    device = torch.device(device or next(model.parameters()).device)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255).sub_(mean_t).div_(std_t)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            out.append((model.pooled(x) if pooled else model(x)).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def extract_features(model, source, transform: Callable, batch_size: int = 256, device=None,
+                     num_workers: int = 0, pooled: bool = False, progress: bool = False,
+                     autocast_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Embed every image of ``source`` (ArrayImages or FileImages) after ``transform`` (PIL -> tensor)."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device or next(model.parameters()).device)
+    loader = DataLoader(EvalDataset(source, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    out = []
+    for x, _ in tqdm(loader, desc="features", disable=not progress, leave=False):
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            out.append((model.pooled(x) if pooled else model(x)).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def source_features(model, source, data_cfg, augment_cfg, mean, std, batch_size=512, device=None,
+                    pooled=False, progress=False, channels_last=False, autocast_dtype=None) -> torch.Tensor:
+    """Embed a source with the configured evaluation transform, taking the batched uint8 path when the
+    transform is only ToTensor + Normalize (in-memory images already at ``image_size``)."""
+    from ..data.transforms import eval_transform
+
+    size = data_cfg.image_size
+    images = getattr(source, "images", None)
+    if (images is not None and augment_cfg.recipe == "released" and images.shape[1] == size
+            and images.shape[2] == size):
+        return embed_uint8(model, images_as_tensor(source), mean, std, batch_size, device, channels_last,
+                           autocast_dtype, pooled)
+    transform = eval_transform(augment_cfg, size, mean, std, data_cfg.resize)
+    workers = 0 if images is not None else data_cfg.num_workers
+    return extract_features(model, source, transform, batch_size, device, workers, pooled, progress, autocast_dtype)

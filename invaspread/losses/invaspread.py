@@ -1,0 +1,127 @@
+"""The instance-feature softmax loss of Ye et al. (CVPR 2019), Section 3.2, Eq. 3-7.
+
+Two forms are provided, selected by ``variant``:
+
+``"reference"`` (default) is what the authors' released code (``BatchCriterion``) computes and how
+the paper's numbers were produced. The 2N features of both views are pooled, x = [z1; z2], and
+every row a is an anchor whose positive p(a) is the other view of the same instance:
+
+    s_ak = x_a . x_k / tau,      Z_a = sum_{k != a} exp(s_ak)        (self excluded, positive included)
+    P_a  = exp(s_a,p(a)) / Z_a,  Q_aj = exp(s_aj) / Z_a              (j not in {a, p(a)})
+    loss = -1/(2N) sum_a [ log P_a + sum_{j not in {a, p(a)}} log(1 - Q_aj) ]
+
+With ``stop_gradient=True`` the right-hand factor x_k of every similarity (the "key") is detached,
+exactly as the released code multiplies by ``x.data``: gradients reach a feature only through its
+own row as an anchor.
+
+``"paper"`` is Eq. 3-7 read literally, with z1 the original branch f and z2 the augmented branch f^:
+
+    P(i|x^_i) = exp(f_i . f^_i / tau) / sum_{k=1..N} exp(f_k . f^_i / tau)            (Eq. 3)
+    P(i|x_j)  = exp(f_i . f_j / tau)  / sum_{k=1..N} exp(f_k . f_j / tau)             (Eq. 4, k = j included, Eq. 9)
+    J = -sum_i log P(i|x^_i) - sum_i sum_{j != i} log(1 - P(i|x_j)),   loss = J / N  (Eq. 7)
+
+Here ``stop_gradient=True`` detaches the summed-over factor f_k ("pseudo classifier weights").
+
+Everything is computed in float32 in log-sum-exp form. ``log(1 - softmax)`` is evaluated as a
+leave-one-out log-sum-exp, so it stays finite even when one negative takes all the probability
+mass (tau = 0.01, bf16 inputs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+VARIANTS = ("reference", "paper")
+
+
+def log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """``log(1 - softmax(logits, dim=1))`` without cancellation.
+
+    logits: (R, C), may hold ``-inf`` for excluded entries (they get probability 0). Every row must
+    have at least two finite entries. Returns (R, C).
+
+    log(1 - p_c) = log(sum_{k != c} exp(l_k)) - logsumexp(l). The leave-one-out sum is taken
+    relative to the row maximum, which stays in the sum for every c except the arg-max; for the
+    arg-max column it is a log-sum-exp over the row with that entry removed.
+    """
+    m1 = logits.max(dim=1, keepdim=True).values
+    shifted = torch.exp(logits - m1)  # (R, C), max entry is exactly 1
+    total = shifted.sum(dim=1, keepdim=True)
+    # For c != argmax the remaining sum is >= 1 (the max term stays), so no cancellation.
+    loo_rest = m1 + torch.log((total - shifted).clamp_min(1.0))
+    argmax = logits.argmax(dim=1, keepdim=True)
+    without_max = logits.scatter(1, argmax, float("-inf"))
+    loo_max = torch.logsumexp(without_max, dim=1, keepdim=True)  # (R, 1)
+    is_argmax = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, argmax, True)
+    loo = torch.where(is_argmax, loo_max, loo_rest)
+    return loo - torch.logsumexp(logits, dim=1, keepdim=True)
+
+
+class InvaSpreadLoss(nn.Module):
+    """Invariant-and-spreading instance loss over real-time instance features.
+
+    Args:
+        temperature: tau in Eq. 3-4 (paper: 0.1).
+        variant: ``"reference"`` (released code) or ``"paper"`` (Eq. 3-7 literally); see module doc.
+        stop_gradient: detach the key / weight factor of every similarity (released code: True).
+
+    Shapes:
+        z1, z2: (N, d) L2-normalised embeddings of two views; row i of both is the same instance.
+        returns: scalar float32 loss.
+    """
+
+    def __init__(self, temperature: float = 0.1, variant: str = "reference", stop_gradient: bool = True):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"InvaSpreadLoss variant must be one of {VARIANTS}, got {variant!r}")
+        if not temperature > 0:
+            raise ValueError(f"InvaSpreadLoss temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.variant = variant
+        self.stop_gradient = bool(stop_gradient)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, variant={self.variant!r}, stop_gradient={self.stop_gradient}"
+
+    def _key(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach() if self.stop_gradient else x
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        if z1.ndim != 2 or z1.shape != z2.shape:
+            raise ValueError(f"InvaSpreadLoss expects two (N, d) tensors of equal shape, got {tuple(z1.shape)} "
+                             f"and {tuple(z2.shape)}")
+        if z1.shape[0] < 2:
+            raise ValueError(f"InvaSpreadLoss needs at least 2 instances per batch (negatives come from the "
+                             f"batch), got N={z1.shape[0]}")
+        # Softmax statistics are accumulated in float32 even under bf16/fp16 autocast.
+        with torch.autocast(device_type=z1.device.type, enabled=False):
+            z1, z2 = z1.float(), z2.float()
+            if self.variant == "reference":
+                return self._reference(z1, z2)
+            return self._paper(z1, z2)
+
+    def _reference(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        n = z1.shape[0]
+        x = torch.cat([z1, z2], dim=0)                                    # (2N, d)
+        logits = x @ self._key(x).t() / self.temperature                  # (2N, 2N), s_ak
+        eye = torch.eye(2 * n, dtype=torch.bool, device=x.device)
+        logits = logits.masked_fill(eye, float("-inf"))                   # Z_a excludes k = a
+        positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(x.device)  # p(a)
+        log_p = logits.gather(1, positive[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
+        is_negative = ~eye
+        is_negative[torch.arange(2 * n, device=x.device), positive] = False
+        log_not_q = log_one_minus_softmax(logits).masked_fill(~is_negative, 0.0)
+        return -(log_p.sum() + log_not_q.sum()) / (2 * n)
+
+    def _paper(self, f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
+        n = f.shape[0]
+        weights = self._key(f)                                            # f_k, the softmax "classes"
+        # Eq. 3: row i holds f_k . f^_i / tau over k; the target class is i.
+        aug_logits = f_hat @ weights.t() / self.temperature               # (N, N)
+        log_p_aug = torch.diagonal(aug_logits) - torch.logsumexp(aug_logits, dim=1)
+        # Eq. 4: row j holds f_k . f_j / tau over k (k = j included); P(i|x_j) is column i.
+        orig_logits = f @ weights.t() / self.temperature                  # (N, N)
+        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=f.device)
+        log_not_p = log_one_minus_softmax(orig_logits).masked_fill(~off_diagonal, 0.0)
+        return -(log_p_aug.sum() + log_not_p.sum()) / n

@@ -1,0 +1,34 @@
+"""Models: ``build_model(model_config)`` looks the backbone up in ``BACKBONES``, a plain dict."""
+
+from __future__ import annotations
+
+from .embedding import EmbeddingNet
+from .resnet_cifar import CifarResNet
+from .torchvision_nets import PretrainedWeightsUnavailable, inception_v1_backbone, resnet_backbone
+
+
+def _resnet18_cifar(cfg):
+    if cfg.pretrained:
+        raise ValueError("model.arch=resnet18_cifar has no pretrained weights; set model.pretrained=false")
+    net = CifarResNet((2, 2, 2, 2), width=cfg.width)
+    return net, net.out_features
+
+
+# name -> function(model_config) -> (backbone, pooled feature dimension)
+BACKBONES = {
+    "resnet18_cifar": _resnet18_cifar,
+    "resnet18": lambda cfg: resnet_backbone(18, cfg.pretrained),
+    "resnet50": lambda cfg: resnet_backbone(50, cfg.pretrained),
+    "inception_v1": lambda cfg: inception_v1_backbone(cfg.pretrained),
+}
+
+
+def build_model(cfg) -> EmbeddingNet:
+    """Build the embedding network described by a ``ModelConfig`` (arch, width, embedding_dim, pretrained)."""
+    if cfg.arch not in BACKBONES:
+        raise ValueError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(BACKBONES)}")
+    backbone, feature_dim = BACKBONES[cfg.arch](cfg)
+    return EmbeddingNet(backbone, feature_dim, cfg.embedding_dim)
+
+
+__all__ = ["BACKBONES", "CifarResNet", "EmbeddingNet", "PretrainedWeightsUnavailable", "build_model"]

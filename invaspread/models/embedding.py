@@ -1,0 +1,27 @@
+"""Backbone + linear embedding head + L2 normalisation (paper Section 3: ||f_i||_2 = 1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class EmbeddingNet(nn.Module):
+    """f_theta: image -> L2-normalised d-dimensional embedding.
+
+    ``forward(x)`` returns (B, embedding_dim) unit vectors; ``pooled(x)`` the backbone's pooled
+    features (B, backbone.out_features) before the head, used e.g. for neighbour mining on pool5.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, embedding_dim: int = 128):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, embedding_dim)
+        self.embedding_dim = embedding_dim
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
