@@ -50,14 +50,16 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
 def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, k: int = 200, temperature: float = 0.1,
                  num_classes: Optional[int] = None, chunk_size: int = 1024) -> Dict[str, float]:
-    """{"top1": %, "top5": %} of weighted kNN; top-5 counts a hit among the five highest-voted classes."""
+    """{"top1": %, "top5": %} of weighted kNN; top-5 counts a hit among the five highest-voted classes
+    (a class that received no vote is never a hit)."""
     c = _num_classes(train_labels, num_classes)
     targets = test_labels.to(train_features.device).long()
     top1 = top5 = 0
     for start, scores in _class_scores(train_features, train_labels, test_features, k, temperature, c, chunk_size):
         t = targets[start:start + scores.shape[0], None]
-        ranked = scores.topk(min(5, c), dim=1).indices
+        top_scores, ranked = scores.topk(min(5, c), dim=1)
         top1 += (ranked[:, :1] == t).sum().item()
-        top5 += (ranked == t).any(dim=1).sum().item()
+        # a class without a single vote never counts as a hit (its rank among zeros is arbitrary)
+        top5 += ((ranked == t) & (top_scores > 0)).any(dim=1).sum().item()
     n = max(test_features.shape[0], 1)
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
