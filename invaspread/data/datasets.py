@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .sources import (DataError, first_per_class, load_digits_images, load_torchvision_cifar10, maybe_to_memory,
+from .sources import (DataError, first_per_class, load_cifar10_python, load_digits_images, maybe_to_memory,
                       read_imagefolder_archive, scan_image_folder)
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
@@ -98,8 +98,8 @@ def cifar10_splits(cfg, progress: bool = True):
     if not (root / "cifar-10-batches-py").is_dir() and not cfg.download:
         raise DataError(f"data.root={cfg.root}: found neither cifar-10-batches-py/, train/ and test/ folders, nor "
                         f"one .tar.gz archive; set data.download=true to download CIFAR-10 there")
-    train = load_torchvision_cifar10(root, True, cfg.download)
-    test = load_torchvision_cifar10(root, False, cfg.download)
+    train = load_cifar10_python(root, True, cfg.download)
+    test = load_cifar10_python(root, False, cfg.download)
     return _subset(train, per_class["train"]), _subset(test, per_class["test"])
 
 

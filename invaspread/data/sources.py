@@ -213,20 +213,44 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
     return out
 
 
-def load_torchvision_cifar10(root, train: bool, download: bool) -> ArrayImages:
-    """torchvision's CIFAR10 (``root/cifar-10-batches-py``), downloading when allowed."""
-    from torchvision.datasets import CIFAR10
+CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 
-    try:
-        ds = CIFAR10(str(root), train=train, download=download)
-    except RuntimeError as err:  # "Dataset not found or corrupted"
-        raise DataError(f"no CIFAR-10 at {root}/cifar-10-batches-py ({err}); set data.download=true to "
-                        f"download it, or point data.root at an image folder or the JPEG archive") from err
-    except OSError as err:  # URLError when offline
-        raise DataError(f"could not download CIFAR-10 into {root}: {err}. Offline, point data.root at a "
-                        f"cifar-10-batches-py folder, an image folder with train/ and test/, or "
-                        f"cifar10-jpeg.tar.gz") from err
-    return ArrayImages(np.ascontiguousarray(ds.data), np.asarray(ds.targets, dtype=np.int64), list(ds.classes))
+
+def load_cifar10_python(root, train: bool, download: bool = False) -> ArrayImages:
+    """The standard ``cifar-10-batches-py`` folder under ``root`` (pickled dicts with b"data"
+    (N, 3072) uint8 and b"labels"), downloaded by torchvision first when ``download`` is set."""
+    import pickle
+
+    folder = Path(root) / "cifar-10-batches-py"
+    if download and not folder.is_dir():
+        from torchvision.datasets import CIFAR10
+
+        try:
+            CIFAR10(str(root), train=train, download=True)
+        except OSError as err:  # URLError when offline
+            raise DataError(f"could not download CIFAR-10 into {root}: {err}. Offline, point data.root at a "
+                            f"cifar-10-batches-py folder, an image folder with train/ and test/, or "
+                            f"cifar10-jpeg.tar.gz") from err
+    names = CIFAR10_TRAIN_BATCHES if train else ["test_batch"]
+    data, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"CIFAR-10 batch file {path} is missing; set data.download=true to download CIFAR-10")
+        try:
+            with path.open("rb") as fh:
+                batch = pickle.load(fh, encoding="latin1")
+            data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += list(batch.get("labels", batch.get("fine_labels", [])))
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+            raise DataError(f"{path} is not a CIFAR-10 python batch: {err}") from err
+    meta = folder / "batches.meta"
+    classes = None
+    if meta.is_file():
+        with meta.open("rb") as fh:
+            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+    images = np.ascontiguousarray(np.concatenate(data).transpose(0, 2, 3, 1))
+    return ArrayImages(images, np.asarray(labels, dtype=np.int64), classes)
 
 
 def load_digits_images(size: int = 32) -> tuple:

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny data sets written in the exact on-disk layouts the readers expect."""
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+
+
+def cifar10_archive() -> Path:
+    """The shared CIFAR-10 JPEG copy; required in CI, skipped elsewhere when absent."""
+    if not CIFAR10_ARCHIVE.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have the shared CIFAR-10 copy at {CIFAR10_ARCHIVE}")
+        pytest.skip(f"no CIFAR-10 copy at {CIFAR10_ARCHIVE}")
+    return CIFAR10_ARCHIVE
+
+
+def coloured_image(label: int, index: int, size=(12, 10)) -> Image.Image:
+    """A deterministic image whose mean colour encodes its label (so tests can check labels)."""
+    rng = np.random.default_rng(label * 1000 + index)
+    arr = np.full((size[1], size[0], 3), 20 * label, dtype=np.uint8)
+    arr += rng.integers(0, 5, arr.shape, dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+def write_image_folder(root: Path, counts, fmt="png", size=(12, 10)):
+    """root/<class_k>/<i>.<fmt> with counts[k] images of class k."""
+    for label, n in enumerate(counts):
+        d = root / f"class_{label}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            coloured_image(label, i, size).save(d / f"{i:04d}.{fmt}")
+    return root
+
+
+def write_imagefolder_archive(path: Path, counts_by_split, prefix=""):
+    """A .tar.gz holding [prefix/]split/<class>/NNNN.jpg, like the shared CIFAR-10 copy."""
+    with tarfile.open(path, "w:gz") as tar:
+        for split, counts in counts_by_split.items():
+            for label, n in enumerate(counts):
+                for i in range(n):
+                    buf = io.BytesIO()
+                    coloured_image(label, i, (32, 32)).save(buf, format="JPEG", quality=95)
+                    info = tarfile.TarInfo(f"{prefix}{split}/c{label}/{i:04d}.jpg")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return path
+
+
+def write_cifar10_python(root: Path, per_batch=4):
+    """cifar-10-batches-py with five training batches and a test batch (pickled dicts, 3072-byte rows)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = list(rng.integers(0, 10, per_batch))
+        data = np.stack([np.asarray(coloured_image(y, j, (32, 32))).transpose(2, 0, 1).reshape(-1)
+                         for j, y in enumerate(labels)])
+        with (folder / name).open("wb") as fh:
+            pickle.dump({"data": data, "labels": labels, "batch_label": name}, fh)
+    with (folder / "batches.meta").open("wb") as fh:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, fh)
+    return root
