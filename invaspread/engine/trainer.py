@@ -18,6 +18,7 @@ import torch
 
 from ..config import Config, ConfigError, from_dict, save_config, validate
 from ..data.datasets import build_data
+from ..evaluate import source_features
 from ..losses import InvaSpreadLoss
 from ..models import build_model
 from .batches import make_batches
@@ -57,23 +58,44 @@ def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
     return lr
 
 
-def nearest_neighbour_positives(model, source, cfg, bundle, device, generator: torch.Generator) -> np.ndarray:
+def nearest_neighbour_positives(features: torch.Tensor, generator: torch.Generator, chunk_size: int = 4096):
     """The paper's CUB-200 option (Section 4.2): the positive of instance i is, with probability 1/2,
-    its own second view or (the augmented view of) its nearest neighbour in pool5 feature space."""
-    from ..evaluate import source_features
+    its own second view, else (an augmented view of) its nearest other instance by cosine similarity.
 
-    feats = source_features(model, source, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
-                            device, pooled=True)
-    feats = torch.nn.functional.normalize(feats, dim=1)
+    features: (N, D), e.g. pool5 features of the non-augmented training images. Returns (N,) int64.
+    """
+    feats = torch.nn.functional.normalize(features.float(), dim=1)
     nn_index = torch.empty(feats.shape[0], dtype=torch.long, device=feats.device)
-    for start in range(0, feats.shape[0], 4096):
-        sims = feats[start:start + 4096] @ feats.t()
+    for start in range(0, feats.shape[0], chunk_size):
+        sims = feats[start:start + chunk_size] @ feats.t()
         rows = torch.arange(sims.shape[0], device=sims.device)
-        sims[rows, rows + start] = -float("inf")  # exclude the instance itself
-        nn_index[start:start + 4096] = sims.argmax(1)
+        sims[rows, rows + start] = -float("inf")  # never the instance itself
+        nn_index[start:start + chunk_size] = sims.argmax(1)
     own = torch.arange(feats.shape[0])
     use_neighbour = torch.rand(feats.shape[0], generator=generator) < 0.5
     return torch.where(use_neighbour, nn_index.cpu(), own).numpy()
+
+
+def train_step(forward, criterion, optimizer, v1, v2, train_cfg, device) -> torch.Tensor:
+    """One SGD step on a batch of view pairs (both views in one forward pass, as the released code).
+
+    Returns the detached loss; on CUDA, bf16 autocast and channels_last follow ``train_cfg``."""
+    cuda = device.type == "cuda"
+    x = torch.cat([v1, v2])
+    if cuda and train_cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16 and cuda):
+        z1, z2 = forward(x).chunk(2)
+        loss = criterion(z1, z2)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def build_optimizer(model, optim_cfg) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+                           weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov)
 
 
 def _rng_state(device):
@@ -104,8 +126,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     if cuda and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = InvaSpreadLoss(cfg.loss.temperature, cfg.loss.variant, cfg.loss.stop_gradient)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    optimizer = build_optimizer(model, cfg.optim)
     batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size, device)
     start_epoch = 0
     if state is not None:
@@ -117,7 +138,6 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         log(f"resuming {out_dir} after epoch {start_epoch}/{cfg.train.epochs}")
     forward = torch.compile(model) if (cfg.train.compile and cuda) else model
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16 and cuda)
     log(f"{cfg.data.name}: {len(bundle.train)} training images, {cfg.model.arch} on {device}, "
         f"{type(batches).__name__}, {len(batches)} steps/epoch")
 
@@ -139,14 +159,16 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
 
     last = {}
     if start_epoch == 0 and cfg.train.eval_at_start:
-        last = {"epoch": 0, **evaluate(model, bundle, cfg, device, nmi=False)}
+        last = {"epoch": 0, **evaluate(model, bundle, cfg, device)}
         write(last)
     from tqdm.auto import tqdm
 
     for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
         if cfg.loss.positive == "augmentation_or_neighbour":
+            pool5 = source_features(model, bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std,
+                                    cfg.eval.batch_size, device, pooled=True)
             gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch)
-            batches.set_positive_index(nearest_neighbour_positives(model, bundle.train, cfg, bundle, device, gen))
+            batches.set_positive_index(nearest_neighbour_positives(pool5, gen))
         model.train()
         t0 = time.perf_counter()
         total_loss = torch.zeros((), device=device)
@@ -157,17 +179,8 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
             lr = learning_rate(cfg.optim, cfg.train.epochs, epoch - 1 + step / steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = torch.cat([v1, v2])
-            if cuda and cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(**autocast):
-                z = forward(x)
-                z1, z2 = z.chunk(2)
-                loss = criterion(z1, z2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.detach()
+            loss = train_step(forward, criterion, optimizer, v1, v2, cfg.train, device)
+            total_loss += loss
             if cfg.train.progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
         if cuda:

@@ -1,0 +1,115 @@
+"""Config loading and errors, model shapes and registry, and the command line's messages."""
+
+import subprocess
+import sys
+import urllib.error
+
+import pytest
+import torch
+
+from invaspread.cli import bundled_configs, main
+from invaspread.config import ConfigError, load_config
+from invaspread.models import BACKBONES, PretrainedWeightsUnavailable, build_model
+
+
+def test_bundled_cifar10_config_is_the_released_recipe():
+    cfg = load_config("configs/cifar10.yaml")
+    assert (cfg.model.arch, cfg.model.width, cfg.model.embedding_dim) == ("resnet18_cifar", 64, 128)
+    assert (cfg.loss.temperature, cfg.loss.variant, cfg.loss.stop_gradient) == (0.1, "reference", True)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.03, 0.9, 5e-4)
+    assert (cfg.optim.decay_epochs, cfg.optim.decay_factors) == ([120, 160], [0.1, 0.01])
+    assert (cfg.train.epochs, cfg.train.batch_size) == (200, 128)
+    a = cfg.augment
+    assert (a.crop, a.crop_scale_min, a.color_jitter, a.grayscale_p, a.flip) == (True, 0.2, 0.4, 0.2, True)
+    assert (cfg.eval.knn_k, cfg.eval.knn_temperature) == (200, 0.1)
+
+
+@pytest.mark.parametrize("name", bundled_configs())
+def test_every_bundled_config_loads(name):
+    load_config(f"configs/{name}.yaml")
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["train.epochs=3", "optim.decay_epochs=[10, 20]", "data.root=/x", "augment.on_device=null",
+                             "optim.lr=1"])
+    assert cfg.train.epochs == 3 and cfg.optim.decay_epochs == [10, 20] and cfg.data.root == "/x"
+    assert cfg.augment.on_device is None and isinstance(cfg.optim.lr, float)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "did you mean 'train.epochs'"),
+    ("trian.epochs=3", "unknown config key"),
+    ("train.epochs=three", "train.epochs='three': expected int"),
+    ("train.bf16=1", "expected bool"),
+    ("loss.variant=memory", "loss.variant='memory': expected one of reference, paper"),
+    ("optim.decay_factors=[0.1]", "same length"),
+    ("train.epochs", "expected section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"train.epocs.*c.yaml.*train.epochs"):
+        load_config(str(p))
+
+
+@pytest.mark.parametrize("width,size", [(8, 32), (16, 24)])
+def test_cifar_resnet_shapes_and_unit_norm(width, size):
+    cfg = load_config(None, [f"model.width={width}", "model.embedding_dim=32"]).model
+    model = build_model(cfg).eval()
+    x = torch.randn(3, 3, size, size)
+    z = model(x)
+    assert z.shape == (3, 32)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+    assert model.pooled(x).shape == (3, 8 * width)
+
+
+def test_paper_resnet18_matches_the_released_architecture():
+    model = build_model(load_config(None).model)
+    stem = model.backbone.stem[0]
+    assert (stem.kernel_size, stem.stride) == ((3, 3), (1, 1))
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    assert (model.head.in_features, model.head.out_features) == (512, 128)
+    # ResNet18-CIFAR (Wu et al. / Ye et al.): 11.17M backbone parameters + 65.7K head
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 11_168_832 + 512 * 128 + 128
+
+
+@pytest.mark.parametrize("arch,feat", [("resnet18", 512), ("inception_v1", 1024)])
+def test_torchvision_backbones_from_scratch(arch, feat):
+    model = build_model(load_config(None, [f"model.arch={arch}"]).model).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert model.pooled(x).shape == (2, feat) and model(x).shape == (2, 128)
+    assert set(BACKBONES) >= {"resnet18_cifar", "resnet18", "resnet50", "inception_v1"}
+
+
+def test_pretrained_offline_is_a_clear_error(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(PretrainedWeightsUnavailable, match="model.pretrained=false"):
+        build_model(load_config(None, ["model.arch=inception_v1", "model.pretrained=true"]).model)
+
+
+def test_cli_help_teaches():
+    out = subprocess.run([sys.executable, "-m", "invaspread.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for text in ("--config", "--set", "--resume", "examples:", "cifar10"):
+        assert text in out.stdout
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
+    assert main(["train", "--config", "configs/cifar10.yaml", "--data-dir", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("invaspread: error: data.root=") and "Traceback" not in err
+    assert main(["train", "--set", "train.epoch=1", "--out", str(tmp_path / "r2")]) == 2
+    assert "did you mean 'train.epochs'" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

@@ -1,0 +1,128 @@
+"""Training engine: schedule, checkpoints, exact resume after a kill, configuration errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from invaspread.config import ConfigError, InvaspreadError, load_config
+from invaspread.engine.checkpoint import load_checkpoint
+from invaspread.engine.trainer import fit, learning_rate
+
+
+def tiny_overrides(epochs=3):
+    return ["data.subset_per_class=20", "data.num_workers=0", "model.width=8", "model.embedding_dim=16",
+            f"train.epochs={epochs}", "train.batch_size=32", "train.progress=false", "eval.knn_k=10",
+            "optim.schedule=cosine"]
+
+
+def test_learning_rate_schedules():
+    cfg = load_config(None).optim  # paper: 0.03, x0.1 at 120, x0.01 at 160
+    assert learning_rate(cfg, 200, 0) == pytest.approx(0.03)
+    assert learning_rate(cfg, 200, 119.9) == pytest.approx(0.03)
+    assert learning_rate(cfg, 200, 120) == pytest.approx(0.003)
+    assert learning_rate(cfg, 200, 165.5) == pytest.approx(0.0003)
+    cos = load_config(None, ["optim.schedule=cosine", "optim.warmup_epochs=2", "optim.lr=1.0"]).optim
+    assert learning_rate(cos, 10, 1.0) == pytest.approx(0.5)
+    assert learning_rate(cos, 10, 2.0) == pytest.approx(1.0)
+    assert learning_rate(cos, 10, 6.0) == pytest.approx(0.5)
+    assert learning_rate(cos, 10, 10.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fit_writes_config_metrics_and_safe_checkpoint(tmp_path):
+    cfg = load_config(None, tiny_overrides(epochs=2))
+    last = fit(cfg, tmp_path / "run", log=lambda s: None)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [0, 1, 2]
+    for key in ("loss", "lr", "knn_top1", "knn_top5", "train_seconds", "eval_seconds", "images_per_second"):
+        assert key in lines[-1]
+    assert last == lines[-1]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["model"]["width"] == 8
+    state = load_checkpoint(tmp_path / "run")
+    assert state["epoch"] == 2 and state["config"]["data"]["subset_per_class"] == 20
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(cfg, tmp_path / "run", log=lambda s: None)
+
+
+class Evil:
+    pass
+
+
+def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
+    torch.save({"model": {}, "config": {}, "epoch": 1, "payload": Evil()}, tmp_path / "bad.pt")
+    with pytest.raises(InvaspreadError, match="cannot load checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(InvaspreadError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "empty_dir_that_does_not_exist")
+
+
+def test_killed_then_resumed_run_matches_uninterrupted_run(tmp_path):
+    epochs = 4
+    overrides = tiny_overrides(epochs)
+    full = tmp_path / "full"
+    fit(load_config(None, overrides), full, log=lambda s: None)
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "invaspread.cli", "train", "--out", str(killed)]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (killed / "last.pt").exists():
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training subprocess ended early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    epoch_at_kill = load_checkpoint(killed)["epoch"]
+    assert epoch_at_kill < epochs, "the run finished before it could be killed; the test proves nothing"
+
+    fit(None, killed, resume=True, log=lambda s: None)
+    a, b = load_checkpoint(full), load_checkpoint(killed)
+    assert b["epoch"] == epochs
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    lines = [json.loads(ln)["epoch"] for ln in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert lines == list(range(epochs + 1))
+
+
+def test_bad_configuration_values_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size=300 is larger than"):
+        fit(load_config(None, tiny_overrides() + ["train.batch_size=300"]), tmp_path / "r", log=lambda s: None)
+    with pytest.raises(ConfigError, match="train.device=cuda"):
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        fit(load_config(None, tiny_overrides() + ["train.device=cuda"]), tmp_path / "r2", log=lambda s: None)
+
+
+def test_nearest_neighbour_positives_against_brute_force():
+    import numpy as np
+
+    from invaspread.engine.trainer import nearest_neighbour_positives
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(500, 16, generator=g)
+    pos = nearest_neighbour_positives(feats, torch.Generator().manual_seed(1), chunk_size=77)
+    f = feats.numpy() / np.linalg.norm(feats.numpy(), axis=1, keepdims=True)
+    sims = f @ f.T
+    np.fill_diagonal(sims, -np.inf)
+    nn = sims.argmax(1)
+    is_self = pos == np.arange(500)
+    assert np.all(is_self | (pos == nn))
+    assert abs(is_self.mean() - 0.5) < 4 * np.sqrt(0.25 / 500)
+
+
+def test_neighbour_positive_option_trains(tmp_path):
+    cfg = load_config(None, tiny_overrides(epochs=1) + ["loss.positive=augmentation_or_neighbour"])
+    last = fit(cfg, tmp_path / "nn", log=lambda s: None)
+    assert last["epoch"] == 1 and last["loss"] == last["loss"]  # finite, not NaN
