@@ -33,7 +33,7 @@ def main():
     rng = np.random.default_rng(0)
     labels = np.concatenate([np.arange(args.classes), rng.integers(0, args.classes, args.n - args.classes)])
     centres = torch.nn.functional.normalize(torch.randn(args.classes, args.dim), dim=1)
-    features = torch.nn.functional.normalize(centres[labels] + 0.8 * torch.randn(args.n, args.dim) / args.dim ** 0.5,
+    features = torch.nn.functional.normalize(centres[labels] + 1.5 * torch.randn(args.n, args.dim) / args.dim ** 0.5,
                                              dim=1)
     print(f"{args.n} features x {args.dim}, {args.classes} classes, torch threads {torch.get_num_threads()}; "
           f"RSS before metrics {peak_rss_gib():.2f} GiB")

@@ -103,9 +103,18 @@ def test_nmi_formula_matches_sklearn():
 def test_kmeans_recovers_separated_clusters_like_sklearn():
     x, y = clustered(600, 10, 8, 0.05, seed=6)
     ours = kmeans(torch.tensor(x), 8, seed=0).numpy()
-    sk = KMeans(8, n_init=10, random_state=0).fit_predict(x)
+    sk = KMeans(8, n_init=1, random_state=0).fit_predict(x)
     assert normalized_mutual_info_score(sk, ours) == pytest.approx(1.0)
     assert normalized_mutual_info_score(y, ours) == pytest.approx(1.0)
+
+
+def test_batched_seeding_stays_close_to_exact_kmeans_pp_with_many_clusters():
+    x, y = clustered(3000, 16, 60, 0.1, seed=10)
+    sk = normalized_mutual_info_score(y, KMeans(60, n_init=1, random_state=0).fit_predict(x))
+    exact = normalized_mutual_info_score(y, kmeans(torch.tensor(x), 60, seed=0, seeds_per_pass=1).numpy())
+    batched = normalized_mutual_info_score(y, kmeans(torch.tensor(x), 60, seed=0, seeds_per_pass=4).numpy())
+    assert exact == pytest.approx(sk, abs=0.01)
+    assert batched > exact - 0.03
 
 
 def test_nmi_pipeline_close_to_sklearn_on_overlapping_clusters():
