@@ -19,6 +19,7 @@ v2 applied to a batch tensor draws *one* set of parameters for the whole batch, 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, Optional, Sequence
 
@@ -27,6 +28,19 @@ import torch
 LUMA = (0.2989, 0.587, 0.114)
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
 CROP_TRIES = 10
+
+
+HSV_SECTORS = ((0, 3, 2), (1, 0, 2), (2, 0, 3), (2, 1, 0), (3, 2, 0), (0, 2, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_on(values, device: str, dtype) -> torch.Tensor:
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
+def _constant(values, device, dtype=torch.float32) -> torch.Tensor:
+    """A small constant tensor, copied to each device once (no host-to-device copy per batch)."""
+    return _constant_on(tuple(values), str(device), dtype)
 
 
 def _uniform(shape, low, high, generator, device):
@@ -126,8 +140,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
     # sector i -> (r, g, b) picks among (v, q, p, t)
     table = torch.stack([v, q, p, t], 1)                                  # (B, 4, H, W)
-    pick = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=x.device)
-    idx = pick[i].permute(0, 3, 1, 2)                                     # (B, 3, H, W)
+    idx = _constant(HSV_SECTORS, x.device, torch.long)[i].permute(0, 3, 1, 2)  # (B, 3, H, W)
     return table.gather(1, idx)
 
 
@@ -189,8 +202,8 @@ class DeviceAugment:
             x = color_jitter(x, params["jitter_order"], params["jitter_factors"])
         if self.aug.grayscale_p > 0:
             x = torch.where(params["grayscale"][:, None, None, None], grayscale(x).expand_as(x), x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean = _constant(self.mean, x.device).view(1, 3, 1, 1)
+        std = _constant(self.std, x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
     def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
