@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import cifar10_archive
 from invaspread.config import ConfigError, InvaspreadError, load_config
 from invaspread.engine.checkpoint import load_checkpoint
 from invaspread.engine.trainer import fit, learning_rate
@@ -64,8 +65,11 @@ def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
 
 
 def test_killed_then_resumed_run_matches_uninterrupted_run(tmp_path):
+    """On the real CIFAR-10 copy: SIGKILL a training process after its first checkpoint, resume it,
+    and compare every weight with a run that was never interrupted."""
     epochs = 4
-    overrides = tiny_overrides(epochs)
+    overrides = tiny_overrides(epochs) + ["data.name=cifar10", f"data.root={cifar10_archive()}",
+                                          f"data.cache_dir={tmp_path / 'cache'}", "data.test_subset_per_class=10"]
     full = tmp_path / "full"
     fit(load_config(None, overrides), full, log=lambda s: None)
 
@@ -126,3 +130,16 @@ def test_neighbour_positive_option_trains(tmp_path):
     cfg = load_config(None, tiny_overrides(epochs=1) + ["loss.positive=augmentation_or_neighbour"])
     last = fit(cfg, tmp_path / "nn", log=lambda s: None)
     assert last["epoch"] == 1 and last["loss"] == last["loss"]  # finite, not NaN
+
+
+def test_linear_protocol_never_updates_the_backbone(tmp_path):
+    from invaspread.data.datasets import build_data
+    from invaspread.engine.evaluation import evaluate
+    from invaspread.models import build_model
+
+    cfg = load_config(None, tiny_overrides())
+    model = build_model(cfg.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = evaluate(model, build_data(cfg.data, progress=False), cfg, torch.device("cpu"), "linear")
+    assert 0 <= result["linear_top1"] <= 100
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

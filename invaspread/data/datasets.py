@@ -85,7 +85,7 @@ def cifar10_splits(cfg, progress: bool = True):
     if root.is_file() or (root.is_dir() and not (root / "train").is_dir() and len(archives) == 1
                           and not (root / "cifar-10-batches-py").is_dir()):
         archive = root if root.is_file() else archives[0]
-        splits = read_imagefolder_archive(archive, ["train", "test"], per_class, cfg.cache_dir)
+        splits = read_imagefolder_archive(archive, ["train", "test"], per_class, cfg.cache_dir, progress)
         return splits["train"], splits["test"]
     if (root / "train").is_dir() and (root / "test").is_dir():
         out = []

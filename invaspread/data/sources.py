@@ -153,7 +153,7 @@ def maybe_to_memory(source: FileImages, in_memory: Optional[bool], progress: boo
 
 
 def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional[dict] = None,
-                             cache_dir: Optional[str] = None) -> dict:
+                             cache_dir: Optional[str] = None, progress: bool = False) -> dict:
     """Decode an ImageFolder-layout ``.tar.gz`` (``[prefix/]split/<class>/<file>``) into ArrayImages.
 
     Returns {split: ArrayImages}. ``per_class[split]`` keeps only the first N files (by name) of each
@@ -187,14 +187,16 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
     classes = sorted(set().union(*[raw[s].keys() for s in splits]))
     if not classes:
         raise DataError(f"archive {archive} has no images laid out as {'|'.join(splits)}/<class>/<file>")
+    from tqdm.auto import tqdm
+
     out = {}
     for s in splits:
         images, labels = [], []
-        for label, c in enumerate(classes):
-            files = sorted(raw[s].get(c, []))[: per_class.get(s)]
-            for _, data in files:
-                images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-                labels.append(label)
+        todo = [(label, data) for label, c in enumerate(classes)
+                for _, data in sorted(raw[s].get(c, []))[: per_class.get(s)]]
+        for label, data in tqdm(todo, desc=f"decoding {archive.name} {s}", disable=not progress, leave=False):
+            images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+            labels.append(label)
         if not images:
             raise DataError(f"archive {archive} has no images under split '{s}/'")
         shapes = {im.shape for im in images}
