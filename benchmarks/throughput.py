@@ -107,7 +107,10 @@ def main():
         for name, cls, fast, compile_model in variants:
             cfg.train.bf16 = cfg.train.channels_last = fast
             batches = cls(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, batch, device)
-            steps = min(args.steps, len(batches) - 6)
+            steps = min(args.steps, len(batches) - 6)  # leave room for the warm-up steps
+            if steps < 1:
+                print(f"skipping {name} at batch {batch}: {len(batches)} steps per epoch are too few to time")
+                continue
             views = time_batches(batches, steps, device)
             model, sps, peak = time_training(cfg, bundle, batches, steps, device, compile_model)
             rows.append((name, batch, sps * len(batches), 2 * batch / sps, views, peak))
@@ -125,7 +128,8 @@ def main():
     print(header)
     print("-" * len(header))
     for name, batch, spe, ips, views, peak in rows:
-        print(f"{name:34s} {batch:5d} {spe:9.2f} {ips:10.0f} {views:12.0f} {peak:9.2f}")
+        peak_text = f"{peak:9.2f}" if peak == peak else f"{'-':>9s}"  # NaN on the CPU
+        print(f"{name:34s} {batch:5d} {spe:9.2f} {ips:10.0f} {views:12.0f} {peak_text}")
     print(f"kNN evaluation ({len(bundle.bank)} bank + {len(bundle.query)} queries, features included): "
           f"{knn_seconds:.2f}s (top-1 {result['knn_top1']:.1f}% of the last timed model)")
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError, from_dict, save_config, validate
+from ..config import Config, ConfigError, InvaspreadError, from_dict, save_config, validate
 from ..data.datasets import build_data
 from ..evaluate import source_features
 from ..losses import InvaSpreadLoss
@@ -157,7 +157,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         every = cfg.train.eval_every
         return epoch == cfg.train.epochs or (every > 0 and epoch % every == 0)
 
-    last = {}
+    last = {} if state is None else dict(state.get("metrics", {}))
     if start_epoch == 0 and cfg.train.eval_at_start:
         last = {"epoch": 0, **evaluate(model, bundle, cfg, device)}
         write(last)
@@ -187,7 +187,8 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
         if not torch.isfinite(total_loss):
-            raise FloatingPointError(f"epoch {epoch}: the loss is not finite; lower optim.lr or check the data")
+            raise InvaspreadError(f"epoch {epoch}: the loss is not finite; {out_dir}/last.pt still holds epoch "
+                                  f"{epoch - 1}. Lower optim.lr or raise loss.temperature")
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
                 "images_per_second": 2 * steps * cfg.train.batch_size / train_seconds}
         if due(epoch):
