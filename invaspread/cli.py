@@ -1,4 +1,4 @@
-"""``invaspread`` command line: train, resume, evaluate."""
+"""``invaspread`` command line: train, resume, evaluate, embed."""
 
 from __future__ import annotations
 
@@ -71,22 +71,10 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from .config import _set, from_dict, parse_override, validate
     from .data.datasets import build_data
-    from .engine.checkpoint import load_checkpoint
     from .engine.evaluation import default_protocol, evaluate
-    from .engine.trainer import resolve_device
-    from .models import build_model
 
-    state = load_checkpoint(args.run)
-    cfg = from_dict(state["config"], args.run)
-    for text in _overrides(args):
-        _set(cfg, *parse_override(text), source="--set")
-    validate(cfg)
-    device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
+    cfg, state, model, device = _load_run(args.run, _overrides(args))
     bundle = build_data(cfg.data, progress=True)
     protocol = args.protocol or default_protocol(bundle)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -98,6 +86,44 @@ def cmd_eval(args) -> int:
     print(f"{cfg.data.name}, epoch {state['epoch']}, protocol {protocol}:")
     for key, value in result.items():
         print(f"  {key:>14s}  {value:8.2f}")
+    return 0
+
+
+def _load_run(path, overrides):
+    """(config, checkpoint, model on its device, device) of a run folder or checkpoint file."""
+    from .config import _set, from_dict, parse_override, validate
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import resolve_device
+    from .models import build_model
+
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"], str(path))
+    for text in overrides:
+        _set(cfg, *parse_override(text), source="--set")
+    validate(cfg)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    return cfg, state, model.to(device).eval(), device
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+
+    from .data.sources import scan_image_folder
+    from .data.transforms import eval_transform, normalisation
+    from .evaluate import extract_features
+
+    cfg, state, model, device = _load_run(args.run, _overrides(args))
+    source = scan_image_folder(args.images)
+    transform = eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)
+    feats = extract_features(model, source, transform, args.batch_size, device, cfg.data.num_workers, progress=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if source.labels is None else {"labels": source.labels, "classes": np.asarray(source.classes)}
+    np.savez(out, embeddings=feats.cpu().numpy(), paths=np.asarray(source.paths), **extra)
+    print(f"{len(source)} images from {args.images} -> {out} ({feats.shape[1]}-d, L2-normalised; "
+          f"model of epoch {state['epoch']})")
     return 0
 
 
@@ -132,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="auto, cpu or cuda")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval.knn_k=20")
     ev.set_defaults(func=cmd_eval)
+
+    em = sub.add_parser("embed", help="embed a folder of images with a trained model",
+                        description="Write the L2-normalised embeddings of every image under --images (a flat "
+                                    "folder or <class>/ sub-folders) to an .npz file with arrays embeddings (N, d), "
+                                    "paths (N,) and, for sub-folders, labels and classes. Images get the run's "
+                                    "evaluation transform (resized to data.image_size). Cosine similarity between "
+                                    "two images is the dot product of their embeddings.")
+    em.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    em.add_argument("--images", required=True, help="folder of images to embed")
+    em.add_argument("--out", default="embeddings.npz", help="output .npz (default: embeddings.npz)")
+    em.add_argument("--batch-size", type=int, default=256)
+    em.add_argument("--device", help="auto, cpu or cuda")
+    em.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    em.set_defaults(func=cmd_embed)
     return parser
 
 

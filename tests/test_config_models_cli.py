@@ -113,3 +113,31 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "did you mean 'train.epochs'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_embed_command_writes_the_models_embeddings(tmp_path, capsys):
+    import numpy as np
+
+    from conftest import write_image_folder
+    from invaspread.data.transforms import eval_transform, normalisation
+    from invaspread.engine.checkpoint import load_checkpoint
+    from invaspread.engine.trainer import fit
+
+    overrides = ["data.subset_per_class=20", "data.num_workers=0", "model.width=8", "train.epochs=1",
+                 "train.batch_size=32", "train.progress=false", "train.eval_at_start=false"]
+    cfg = load_config(None, overrides)
+    fit(cfg, tmp_path / "run", log=lambda s: None)
+    images = write_image_folder(tmp_path / "imgs", [2, 3], size=(40, 30))
+    assert main(["embed", str(tmp_path / "run"), "--images", str(images), "--out", str(tmp_path / "e.npz")]) == 0
+    z = np.load(tmp_path / "e.npz")
+    assert z["embeddings"].shape == (5, 128) and list(z["labels"]) == [0, 0, 1, 1, 1]
+    # independent reference: the checkpoint's model on the evaluation transform of each file
+    model = build_model(cfg.model)
+    model.load_state_dict(load_checkpoint(tmp_path / "run")["model"])
+    model.eval()
+    from PIL import Image
+
+    t = eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data))
+    with torch.no_grad():
+        ref = model(torch.stack([t(Image.open(p).convert("RGB")) for p in z["paths"]])).numpy()
+    np.testing.assert_allclose(z["embeddings"], ref, atol=1e-5)

@@ -19,9 +19,6 @@ import numpy as np
 
 from .datasets import DATASETS, DataBundle, _subset
 from .sources import ArrayImages, DataError, FileImages, maybe_to_memory
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
-
-STL10_MEAN, STL10_STD = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
 
 
 def _locate(root, marker: str, folders=()) -> Path:
@@ -75,7 +72,7 @@ def _stl10(cfg, progress):
     if cfg.stl10_split == "train+unlabeled":
         unlabeled = read_stl10_split(folder, "unlabeled")
         source = ArrayImages(np.concatenate([train.images, unlabeled.images]))
-    return DataBundle(source, train, test, "seen", cfg.mean or STL10_MEAN, cfg.std or STL10_STD)
+    return DataBundle(source, train, test, "seen")
 
 
 # --- unseen-category fine-grained sets ----------------------------------------------------------------
@@ -142,7 +139,7 @@ def _unseen(reader):
         train = maybe_to_memory(_subset(train, cfg.subset_per_class), cfg.in_memory, progress)
         test = maybe_to_memory(_subset(test, cfg.test_subset_per_class), cfg.in_memory, progress)
         # labels of the training split exist in the files but are never used (unsupervised)
-        return DataBundle(train, None, test, "unseen", cfg.mean or IMAGENET_MEAN, cfg.std or IMAGENET_STD)
+        return DataBundle(train, None, test, "unseen")
     return load
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from .sources import (DataError, first_per_class, load_cifar10_python, load_digits_images, maybe_to_memory,
                       read_imagefolder_archive, scan_image_folder)
-from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+from .transforms import normalisation
 
 
 @dataclass
@@ -26,8 +26,8 @@ class DataBundle:
     bank: Optional[object]  # labelled reference set (seen setting), evaluated with the eval transform
     query: Optional[object]  # labelled test set
     setting: str  # "seen" (kNN, linear) or "unseen" (Recall@K, NMI)
-    mean: Sequence[float]
-    std: Sequence[float]
+    mean: Sequence[float] = ()  # Normalize values, filled in by build_data
+    std: Sequence[float] = ()
 
 
 class TwoViewDataset(Dataset):
@@ -70,8 +70,8 @@ def _subset(source, n):
 
 def _digits(cfg, progress):
     train, test = load_digits_images(cfg.image_size)
-    return DataBundle(_subset(train, cfg.subset_per_class), _subset(train, cfg.subset_per_class),
-                      _subset(test, cfg.test_subset_per_class), "seen", CIFAR10_MEAN, CIFAR10_STD)
+    train = _subset(train, cfg.subset_per_class)
+    return DataBundle(train, train, _subset(test, cfg.test_subset_per_class), "seen")
 
 
 def cifar10_splits(cfg, progress: bool = True):
@@ -105,7 +105,7 @@ def cifar10_splits(cfg, progress: bool = True):
 
 def _cifar10(cfg, progress):
     train, test = cifar10_splits(cfg, progress)
-    return DataBundle(train, train, test, "seen", cfg.mean or CIFAR10_MEAN, cfg.std or CIFAR10_STD)
+    return DataBundle(train, train, test, "seen")
 
 
 def _cifar10_unseen(cfg, progress):
@@ -113,7 +113,7 @@ def _cifar10_unseen(cfg, progress):
     train, test = cifar10_splits(cfg, progress)
     train = train.subset(np.flatnonzero(train.labels < 5))
     test = test.subset(np.flatnonzero(test.labels >= 5))
-    return DataBundle(train, None, test, "unseen", cfg.mean or CIFAR10_MEAN, cfg.std or CIFAR10_STD)
+    return DataBundle(train, None, test, "unseen")
 
 
 def _image_folder(cfg, progress):
@@ -126,7 +126,7 @@ def _image_folder(cfg, progress):
                                 cfg.in_memory, progress)
         if train.labels is not None:
             bank = train
-    return DataBundle(train, bank, query, "seen", cfg.mean or IMAGENET_MEAN, cfg.std or IMAGENET_STD)
+    return DataBundle(train, bank, query, "seen")
 
 
 # name -> function(data_config, progress) -> DataBundle; the benchmark data sets register in .benchmarks
@@ -143,7 +143,9 @@ def build_data(cfg, progress: bool = True) -> DataBundle:
 
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r} is unknown; choose one of {sorted(DATASETS)}")
-    return DATASETS[cfg.name](cfg, progress)
+    bundle = DATASETS[cfg.name](cfg, progress)
+    bundle.mean, bundle.std = normalisation(cfg)
+    return bundle
 
 
 def images_as_tensor(source) -> torch.Tensor:

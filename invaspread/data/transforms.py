@@ -15,6 +15,17 @@ from torchvision import transforms as T
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # released code's values
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+STL10_MEAN, STL10_STD = (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)
+
+# data set -> (mean, std) used when data.mean / data.std are null; ImageNet's for any other
+NORMALISATION = {"digits": (CIFAR10_MEAN, CIFAR10_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+                 "cifar10_unseen": (CIFAR10_MEAN, CIFAR10_STD), "stl10": (STL10_MEAN, STL10_STD)}
+
+
+def normalisation(data_cfg):
+    """(mean, std) for ``Normalize``: the config's, else the data set's usual values."""
+    mean, std = NORMALISATION.get(data_cfg.name, (IMAGENET_MEAN, IMAGENET_STD))
+    return tuple(data_cfg.mean or mean), tuple(data_cfg.std or std)
 
 
 def train_transform(aug, image_size: int, mean, std, resize=None):
