@@ -183,7 +183,7 @@ class DeviceAugment:
         if aug.crop:
             boxes = sample_crop_boxes(n, height, width, (aug.crop_scale_min, 1.0), RATIO, generator, device)
         else:
-            boxes = torch.tensor([[0, 0, height, width]], device=device).expand(n, 4)
+            boxes = _constant((0, 0, height, width), device, torch.long).expand(n, 4)
         factors = torch.stack([_uniform((n,), max(0.0, 1 - j), 1 + j, generator, device) for _ in range(3)]
                               + [_uniform((n,), -j, j, generator, device)], 1)
         return {

@@ -107,10 +107,11 @@ class InvaSpreadLoss(nn.Module):
         logits = x @ self._key(x).t() / self.temperature                  # (2N, 2N), s_ak
         eye = torch.eye(2 * n, dtype=torch.bool, device=x.device)
         logits = logits.masked_fill(eye, float("-inf"))                   # Z_a excludes k = a
-        positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(x.device)  # p(a)
+        rows = torch.arange(2 * n, device=x.device)
+        positive = (rows + n) % (2 * n)                                   # p(a): the other view
         log_p = logits.gather(1, positive[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         is_negative = ~eye
-        is_negative[torch.arange(2 * n, device=x.device), positive] = False
+        is_negative[rows, positive] = False
         log_not_q = log_one_minus_softmax(logits).masked_fill(~is_negative, 0.0)
         return -(log_p.sum() + log_not_q.sum()) / (2 * n)
 
