@@ -158,10 +158,6 @@ def _coerce(value: Any, tp, key: str):
     raise ConfigError(f"{key}={value!r}: expected {_describe(tp)}")
 
 
-def _section_types(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
 def _set(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
     where = f" in {source}" if source else ""
     parts = dotted.split(".")
@@ -171,7 +167,7 @@ def _set(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
         raise ConfigError(f"unknown config key {dotted!r}{where}: keys look like section.key with section one of "
                           f"{sorted(sections)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     section = getattr(cfg, parts[0])
-    types = _section_types(type(section))
+    types = typing.get_type_hints(type(section))
     if parts[1] not in types:
         hint = difflib.get_close_matches(parts[1], types, n=1)
         raise ConfigError(f"unknown config key {dotted!r}{where}"
