@@ -91,7 +91,7 @@ def cmd_eval(args) -> int:
 
 def _load_run(path, overrides):
     """(config, checkpoint, model on its device, device) of a run folder or checkpoint file."""
-    from .config import _set, from_dict, parse_override, validate
+    from .config import from_dict, parse_override, set_key, validate
     from .engine.checkpoint import load_checkpoint
     from .engine.trainer import resolve_device
     from .models import build_model
@@ -99,7 +99,7 @@ def _load_run(path, overrides):
     state = load_checkpoint(path)
     cfg = from_dict(state["config"], str(path))
     for text in overrides:
-        _set(cfg, *parse_override(text), source="--set")
+        set_key(cfg, *parse_override(text), source="--set")
     validate(cfg)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg.model)

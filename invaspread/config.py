@@ -158,7 +158,7 @@ def _coerce(value: Any, tp, key: str):
     raise ConfigError(f"{key}={value!r}: expected {_describe(tp)}")
 
 
-def _set(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
+def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
     where = f" in {source}" if source else ""
     parts = dotted.split(".")
     sections = {f.name: f for f in dataclasses.fields(Config)}
@@ -215,7 +215,7 @@ def from_dict(data: dict, source: str = "") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section {section!r}{where} must be a mapping of keys to values")
         for key, value in values.items():
-            _set(cfg, f"{section}.{key}", value, source)
+            set_key(cfg, f"{section}.{key}", value, source)
     return cfg
 
 
@@ -245,7 +245,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         cfg = from_dict(data, str(path))
     for text in overrides or []:
         key, value = parse_override(text)
-        _set(cfg, key, value, "--set")
+        set_key(cfg, key, value, "--set")
     return validate(cfg)
 
 

@@ -75,26 +75,26 @@ def _digits(cfg, progress):
 
 
 def cifar10_splits(cfg, progress: bool = True):
-    """(train, test) ArrayImages from whatever ``data.root`` holds; see README "Data sets"."""
+    """(train, test) ArrayImages from whatever ``data.root`` holds, tried in this order: an archive
+    file; a folder with ``train/`` and ``test/`` image folders; torchvision's ``cifar-10-batches-py``
+    (or its parent); a folder with exactly one ``.tar.gz``; else a download when ``data.download``."""
     per_class = {"train": cfg.subset_per_class, "test": cfg.test_subset_per_class}
     if cfg.root is None:
         raise DataError("data.root is not set: give the CIFAR-10 location with --data-dir (a cifar-10-batches-py "
                         "parent folder, an image folder with train/ and test/, or cifar10-jpeg.tar.gz)")
     root = Path(cfg.root).expanduser()
     archives = sorted(root.glob("*.tar.gz")) + sorted(root.glob("*.tgz")) if root.is_dir() else []
-    if root.is_file() or (root.is_dir() and not (root / "train").is_dir() and len(archives) == 1
-                          and not (root / "cifar-10-batches-py").is_dir()):
-        archive = root if root.is_file() else archives[0]
-        splits = read_imagefolder_archive(archive, ["train", "test"], per_class, cfg.cache_dir, progress)
-        return splits["train"], splits["test"]
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        out = []
-        for split in ("train", "test"):
-            files = _subset(scan_image_folder(root / split, labelled=True), per_class[split])
-            out.append(maybe_to_memory(files, True if cfg.in_memory is None else cfg.in_memory, progress))
-        return tuple(out)
     if root.name == "cifar-10-batches-py":
         root = root.parent
+    if root.is_file() or (len(archives) == 1 and not (root / "train").is_dir()
+                          and not (root / "cifar-10-batches-py").is_dir()):
+        splits = read_imagefolder_archive(root if root.is_file() else archives[0], ["train", "test"], per_class,
+                                          cfg.cache_dir, progress)
+        return splits["train"], splits["test"]
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return tuple(maybe_to_memory(_subset(scan_image_folder(root / split, labelled=True), per_class[split]),
+                                     True if cfg.in_memory is None else cfg.in_memory, progress)
+                     for split in ("train", "test"))
     if not (root / "cifar-10-batches-py").is_dir() and not cfg.download:
         raise DataError(f"data.root={cfg.root}: found neither cifar-10-batches-py/, train/ and test/ folders, nor "
                         f"one .tar.gz archive; set data.download=true to download CIFAR-10 there")

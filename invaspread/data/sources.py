@@ -115,7 +115,7 @@ def _is_image(name: str) -> bool:
 def scan_image_folder(root, labelled: Optional[bool] = None) -> FileImages:
     """``root/<class>/<image>`` (labelled, classes sorted as in torchvision's ImageFolder) or a flat
     folder of images (unlabelled). Files are sorted by name within each class."""
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))

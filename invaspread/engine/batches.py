@@ -7,12 +7,14 @@ uninterrupted run does.
 
 from __future__ import annotations
 
+import os
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..config import ConfigError
 from ..data.datasets import TwoViewDataset, images_as_tensor
 from ..data.device_augment import DeviceAugment
 from ..data.transforms import train_transform
@@ -30,7 +32,9 @@ class CPUBatches:
     def __init__(self, source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
         self.dataset = TwoViewDataset(source, train_transform(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize))
         self.batch_size, self.device = batch_size, device
-        self.num_workers = data_cfg.num_workers
+        # more workers than CPUs only adds contention (configs are written for GPU machines)
+        self.num_workers = min(data_cfg.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count() or 1)
 
     def __len__(self):
         return len(self.dataset) // self.batch_size
@@ -77,13 +81,11 @@ class DeviceBatches:
             yield views[: len(idx)], views[len(idx):], idx
 
 
-def use_device_batches(source, data_cfg, aug_cfg, device: torch.device) -> bool:
+def use_device_batches(source, aug_cfg, device: torch.device) -> bool:
     """augment.on_device: True forces it (error if impossible), None picks it on CUDA when possible."""
     in_memory = getattr(source, "images", None) is not None
     possible = in_memory and aug_cfg.recipe == "released"
     if aug_cfg.on_device is True and not possible:
-        from ..config import ConfigError
-
         raise ConfigError("augment.on_device=true needs in-memory images of one size and augment.recipe=released")
     if aug_cfg.on_device is None:
         return possible and device.type == "cuda"
@@ -92,8 +94,6 @@ def use_device_batches(source, data_cfg, aug_cfg, device: torch.device) -> bool:
 
 def make_batches(source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
     if len(source) < batch_size:
-        from ..config import ConfigError
-
         raise ConfigError(f"train.batch_size={batch_size} is larger than the {len(source)} training images")
-    cls = DeviceBatches if use_device_batches(source, data_cfg, aug_cfg, device) else CPUBatches
+    cls = DeviceBatches if use_device_batches(source, aug_cfg, device) else CPUBatches
     return cls(source, data_cfg, aug_cfg, mean, std, batch_size, device)
