@@ -153,20 +153,36 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 
+def _blend_steps(x: torch.Tensor, slots: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Apply brightness / contrast / saturation ops ``slots[:, t]`` (B, T) in turn; -1 = no op.
+
+    All three are blends with a reference, f x + (1 - f) ref, clamped to [0, 1]: black for brightness,
+    the mean grey level for contrast, the grey image for saturation. No op = factor 1."""
+    for t in range(slots.shape[1]):
+        op = slots[:, t]
+        factor = torch.where(op < 0, 1.0, factors.gather(1, op.clamp_min(0)[:, None]).squeeze(1))[:, None, None, None]
+        gray = grayscale(x)
+        op = op[:, None, None, None]
+        reference = torch.where(op == CONTRAST, gray.mean((2, 3), keepdim=True),
+                                torch.where(op == SATURATION, gray, torch.zeros_like(gray)))
+        x = (factor * x + (1 - factor) * reference).clamp(0.0, 1.0)
+    return x
+
+
 def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """x: (B, 3, H, W) in [0, 1]; order: (B, 4) permutation of the four ops; factors: (B, 4) as
-    (brightness, contrast, saturation, hue shift). Applies op order[:, t] at step t to every image."""
-    for step in range(4):
-        op = order[:, step]
-        factor = factors.gather(1, op[:, None]).squeeze(1)[:, None, None, None]
-        gray = grayscale(x)
-        reference = torch.where((op == CONTRAST)[:, None, None, None], gray.mean((2, 3), keepdim=True),
-                                torch.where((op == SATURATION)[:, None, None, None], gray, torch.zeros_like(gray)))
-        # brightness, contrast and saturation are all blends with a reference: f x + (1 - f) ref
-        blended = (factor * x + (1 - factor) * reference).clamp(0.0, 1.0)
-        is_hue = op == HUE
-        x = torch.where(is_hue[:, None, None, None], adjust_hue(x, torch.where(is_hue, factors[:, HUE], 0.0)), blended)
-    return x
+    (brightness, contrast, saturation, hue shift). Applies op order[:, t] at step t to every image.
+
+    Every image has exactly one hue step, so the batch runs as: the blends before each image's hue
+    step, one hue rotation for all, the blends after it (one HSV round trip instead of four)."""
+    steps = torch.arange(3, device=x.device)[None]
+    hue_at = (order == HUE).float().argmax(1, keepdim=True)                    # (B, 1)
+    before = torch.where(steps < hue_at, order[:, :3], -1)
+    after_index = hue_at + 1 + steps
+    after = torch.where(after_index < 4, order.gather(1, after_index.clamp_max(3)), -1)
+    x = _blend_steps(x, before, factors)
+    x = adjust_hue(x, factors[:, HUE])
+    return _blend_steps(x, after, factors)
 
 
 class DeviceAugment:
