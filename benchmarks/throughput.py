@@ -21,7 +21,7 @@ from invaspread.data.datasets import build_data
 from invaspread.engine.batches import CPUBatches, DeviceBatches
 from invaspread.engine.evaluation import evaluate
 from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
-from invaspread.losses import InvaSpreadLoss
+from invaspread.losses import build_loss
 from invaspread.models import build_model
 
 
@@ -50,7 +50,7 @@ def time_training(cfg, bundle, batches, steps, device, compile_model):
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if compile_model else model
-    criterion = InvaSpreadLoss(cfg.loss.temperature, cfg.loss.variant, cfg.loss.stop_gradient)
+    criterion = build_loss(cfg.loss)
     optimizer = build_optimizer(model, cfg.optim)
     model.train()
     it = batches.epoch(seed=0, epoch=1)

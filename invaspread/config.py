@@ -67,6 +67,8 @@ class LossConfig:
     variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
     stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
     positive: str = "augmentation"  # | "augmentation_or_neighbour": the paper's CUB-200 option (Sec. 4.2)
+    negatives: str = "all"  # | "hard" | "easy": Table 8's sampling of the most / least similar negatives
+    negative_fraction: float = 0.5  # share of negatives kept by "hard" / "easy"
 
 
 @dataclass
@@ -124,6 +126,7 @@ CHOICES = {
     "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
     "loss.variant": ("reference", "paper"),
     "loss.positive": ("augmentation", "augmentation_or_neighbour"),
+    "loss.negatives": ("all", "hard", "easy"),
     "optim.schedule": ("step", "cosine", "constant"),
 }
 
@@ -191,6 +194,10 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={value!r}: expected a positive number")
     if cfg.train.batch_size < 2:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: the loss needs at least 2 instances per batch")
+    if not 0 < cfg.loss.negative_fraction <= 1:
+        raise ConfigError(f"loss.negative_fraction={cfg.loss.negative_fraction}: expected 0 < value <= 1")
+    if cfg.loss.negatives != "all" and cfg.loss.variant != "reference":
+        raise ConfigError(f"loss.negatives={cfg.loss.negatives} needs loss.variant=reference")
     if len(cfg.optim.decay_epochs) != len(cfg.optim.decay_factors):
         raise ConfigError(f"optim.decay_epochs {cfg.optim.decay_epochs} and optim.decay_factors "
                           f"{cfg.optim.decay_factors} must have the same length")

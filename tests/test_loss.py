@@ -182,3 +182,45 @@ def test_log_one_minus_softmax_matches_float64_direct_formula():
     assert torch.isfinite(out).all()
     expected0 = math.log(math.exp(0.0) + math.exp(-1.0)) - 200.0
     assert out[0, 0].item() == pytest.approx(expected0, rel=1e-6)
+
+
+def naive_sampled_reference(z1, z2, tau, keep_hard, fraction):
+    """Table 8's sampling: per anchor keep the m most (hard) or least (easy) similar negatives."""
+    n = z1.shape[0]
+    x = torch.cat([z1, z2])
+    key = x.detach()
+    m = max(1, round(fraction * (2 * n - 2)))
+    total = 0.0
+    for a in range(2 * n):
+        p = a + n if a < n else a - n
+        s = [torch.dot(x[a], key[k]) / tau for k in range(2 * n)]
+        negatives = sorted((j for j in range(2 * n) if j not in (a, p)), key=lambda j: s[j].item(),
+                           reverse=keep_hard)[:m]
+        z = torch.exp(s[p]) + sum(torch.exp(s[j]) for j in negatives)
+        total = total + torch.log(torch.exp(s[p]) / z)
+        for j in negatives:
+            total = total + torch.log(1 - torch.exp(s[j]) / z)
+    return -total / (2 * n)
+
+
+@pytest.mark.parametrize("negatives", ["hard", "easy"])
+@pytest.mark.parametrize("n,fraction", [(4, 0.5), (6, 0.5), (5, 0.25), (3, 1.0)])
+def test_hard_and_easy_negatives_match_naive_loop(negatives, n, fraction):
+    z1, z2 = random_views(n, 8, seed=n)
+    ours_in = [z.clone().requires_grad_(True) for z in (z1, z2)]
+    ref_in = [z.clone().requires_grad_(True) for z in (z1, z2)]
+    ours = InvaSpreadLoss(0.1, "reference", True, negatives=negatives, negative_fraction=fraction)(*ours_in)
+    ref = naive_sampled_reference(*ref_in, 0.1, negatives == "hard", fraction)
+    ours.backward()
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-5)
+    for a, b in zip(ours_in, ref_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_all_negatives_equals_fraction_one():
+    z1, z2 = random_views(5, 8, seed=9, dtype=torch.float32)
+    full = InvaSpreadLoss(0.1)(z1, z2)
+    assert InvaSpreadLoss(0.1, negatives="hard", negative_fraction=1.0)(z1, z2).item() == pytest.approx(full.item())
+    with pytest.raises(ValueError, match="reference"):
+        InvaSpreadLoss(variant="paper", negatives="hard")

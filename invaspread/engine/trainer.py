@@ -19,7 +19,7 @@ import torch
 from ..config import Config, ConfigError, InvaspreadError, from_dict, save_config, validate
 from ..data.datasets import build_data
 from ..evaluate import source_features
-from ..losses import InvaSpreadLoss
+from ..losses import build_loss
 from ..models import build_model
 from .batches import make_batches
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
@@ -125,7 +125,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     cuda = device.type == "cuda"
     if cuda and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    criterion = InvaSpreadLoss(cfg.loss.temperature, cfg.loss.variant, cfg.loss.stop_gradient)
+    criterion = build_loss(cfg.loss)
     optimizer = build_optimizer(model, cfg.optim)
     batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size, device)
     start_epoch = 0

@@ -2,4 +2,10 @@
 
 from .invaspread import InvaSpreadLoss, log_one_minus_softmax
 
-__all__ = ["InvaSpreadLoss", "log_one_minus_softmax"]
+
+def build_loss(cfg) -> InvaSpreadLoss:
+    """The loss described by a ``LossConfig``."""
+    return InvaSpreadLoss(cfg.temperature, cfg.variant, cfg.stop_gradient, cfg.negatives, cfg.negative_fraction)
+
+
+__all__ = ["InvaSpreadLoss", "build_loss", "log_one_minus_softmax"]

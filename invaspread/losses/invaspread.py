@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 VARIANTS = ("reference", "paper")
+NEGATIVES = ("all", "hard", "easy")
 
 
 def log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -65,24 +66,37 @@ class InvaSpreadLoss(nn.Module):
         temperature: tau in Eq. 3-4 (paper: 0.1).
         variant: ``"reference"`` (released code) or ``"paper"`` (Eq. 3-7 literally); see module doc.
         stop_gradient: detach the key / weight factor of every similarity (released code: True).
+        negatives: ``"all"`` (default), or the sampling ablation of Table 8 (reference variant only):
+            ``"hard"`` keeps, per anchor, the ``negative_fraction`` most similar negatives, ``"easy"`` the
+            least similar; the others leave both Z_a and the sum over j. The selection carries no gradient.
+        negative_fraction: share of the 2N - 2 negatives kept by "hard" / "easy" (paper: 50%).
 
     Shapes:
         z1, z2: (N, d) L2-normalised embeddings of two views; row i of both is the same instance.
         returns: scalar float32 loss.
     """
 
-    def __init__(self, temperature: float = 0.1, variant: str = "reference", stop_gradient: bool = True):
+    def __init__(self, temperature: float = 0.1, variant: str = "reference", stop_gradient: bool = True,
+                 negatives: str = "all", negative_fraction: float = 0.5):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"InvaSpreadLoss variant must be one of {VARIANTS}, got {variant!r}")
         if not temperature > 0:
             raise ValueError(f"InvaSpreadLoss temperature must be > 0, got {temperature!r}")
+        if negatives not in NEGATIVES:
+            raise ValueError(f"InvaSpreadLoss negatives must be one of {NEGATIVES}, got {negatives!r}")
+        if negatives != "all" and variant != "reference":
+            raise ValueError(f"negatives={negatives!r} is implemented for variant='reference' only")
+        if not 0 < negative_fraction <= 1:
+            raise ValueError(f"InvaSpreadLoss negative_fraction must be in (0, 1], got {negative_fraction!r}")
         self.temperature = float(temperature)
         self.variant = variant
         self.stop_gradient = bool(stop_gradient)
+        self.negatives, self.negative_fraction = negatives, float(negative_fraction)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, variant={self.variant!r}, stop_gradient={self.stop_gradient}"
+        return (f"temperature={self.temperature}, variant={self.variant!r}, stop_gradient={self.stop_gradient}, "
+                f"negatives={self.negatives!r}")
 
     def _key(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach() if self.stop_gradient else x
@@ -109,11 +123,24 @@ class InvaSpreadLoss(nn.Module):
         logits = logits.masked_fill(eye, float("-inf"))                   # Z_a excludes k = a
         rows = torch.arange(2 * n, device=x.device)
         positive = (rows + n) % (2 * n)                                   # p(a): the other view
-        log_p = logits.gather(1, positive[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         is_negative = ~eye
         is_negative[rows, positive] = False
+        if self.negatives != "all":
+            is_negative = self._select_negatives(logits.detach(), is_negative)
+            is_positive = torch.zeros_like(eye).scatter_(1, positive[:, None], True)
+            logits = logits.masked_fill(~(is_negative | is_positive), float("-inf"))
+        log_p = logits.gather(1, positive[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         log_not_q = log_one_minus_softmax(logits).masked_fill(~is_negative, 0.0)
         return -(log_p.sum() + log_not_q.sum()) / (2 * n)
+
+    def _select_negatives(self, logits: torch.Tensor, is_negative: torch.Tensor) -> torch.Tensor:
+        """Mask of the kept negatives: per row the m most (hard) or least (easy) similar ones."""
+        total = logits.shape[1] - 2
+        m = min(total, max(1, round(self.negative_fraction * total)))
+        hard = self.negatives == "hard"
+        candidates = logits.masked_fill(~is_negative, float("-inf") if hard else float("inf"))
+        picked = candidates.topk(m, dim=1, largest=hard).indices
+        return torch.zeros_like(is_negative).scatter_(1, picked, True)
 
     def _paper(self, f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
         n = f.shape[0]
