@@ -57,6 +57,7 @@ class AugmentConfig:
 class ModelConfig:
     arch: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | inception_v1
     width: int = 64  # resnet18_cifar only: channels of the first stage (64 = the paper's ResNet18)
+    pool_window: Optional[int] = None  # resnet18_cifar only: null = global average pool; 7 = released STL-10 code
     embedding_dim: int = 128
     pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
 

@@ -141,3 +141,15 @@ def test_embed_command_writes_the_models_embeddings(tmp_path, capsys):
     with torch.no_grad():
         ref = model(torch.stack([t(Image.open(p).convert("RGB")) for p in z["paths"]])).numpy()
     np.testing.assert_allclose(z["embeddings"], ref, atol=1e-5)
+
+
+def test_released_stl10_pooling_averages_the_top_left_corner():
+    model = build_model(load_config(None, ["model.width=8", "model.pool_window=7"]).model).eval()
+    x = torch.randn(2, 3, 96, 96)
+    fmap = model.backbone.stages(model.backbone.stem(x))                        # (2, 64, 12, 12)
+    torch.testing.assert_close(model.pooled(x), fmap[:, :, :7, :7].mean((2, 3)))
+    with pytest.raises(ValueError, match="pool_window=7"):
+        model.pooled(torch.randn(2, 3, 32, 32))  # 4x4 map: avg_pool2d(7) cannot produce 1x1
+    glob = build_model(load_config(None, ["model.width=8"]).model).eval()
+    glob.load_state_dict(model.state_dict())
+    torch.testing.assert_close(glob.pooled(x), fmap.mean((2, 3)))

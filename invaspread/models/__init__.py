@@ -10,7 +10,7 @@ from .torchvision_nets import PretrainedWeightsUnavailable, inception_v1_backbon
 def _resnet18_cifar(cfg):
     if cfg.pretrained:
         raise ValueError("model.arch=resnet18_cifar has no pretrained weights; set model.pretrained=false")
-    net = CifarResNet((2, 2, 2, 2), width=cfg.width)
+    net = CifarResNet((2, 2, 2, 2), width=cfg.width, pool_window=cfg.pool_window)
     return net, net.out_features
 
 

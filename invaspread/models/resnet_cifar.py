@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -29,9 +30,14 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """Backbone only: (B, 3, H, W) -> (B, 8 * width) pooled features."""
+    """Backbone only: (B, 3, H, W) -> (B, 8 * width) pooled features.
 
-    def __init__(self, blocks_per_stage=(2, 2, 2, 2), width: int = 64):
+    ``pool_window=None`` averages the whole last feature map. An integer reproduces the released
+    code's ``avg_pool2d(out, pool_window)``: 4 on CIFAR's 4x4 map is the same thing, 7 on STL-10's
+    12x12 map averages only its top-left 7x7 corner.
+    """
+
+    def __init__(self, blocks_per_stage=(2, 2, 2, 2), width: int = 64, pool_window=None):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True))
@@ -42,8 +48,15 @@ class CifarResNet(nn.Module):
                 stages.append(BasicBlock(in_channels, channels, stride=2 if (i > 0 and b == 0) else 1))
                 in_channels = channels
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool_window = pool_window
         self.out_features = in_channels
 
     def forward(self, x):
-        return self.pool(self.stages(self.stem(x))).flatten(1)
+        out = self.stages(self.stem(x))
+        if self.pool_window is None:
+            return out.mean((2, 3))
+        w = self.pool_window
+        if not all(w <= side < 2 * w for side in out.shape[2:]):
+            raise ValueError(f"model.pool_window={w} cannot pool the {tuple(out.shape[2:])} last feature map of "
+                             f"{tuple(x.shape[2:])} inputs to 1x1 (needs window <= side < 2 x window)")
+        return F.avg_pool2d(out, w).flatten(1)
