@@ -11,19 +11,14 @@ from ..data.datasets import EvalDataset, images_as_tensor
 
 
 @torch.no_grad()
-def embed_uint8(model, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                batch_size: int = 512, device=None, channels_last: bool = False,
-                autocast_dtype: Optional[torch.dtype] = None, pooled: bool = False) -> torch.Tensor:
-    """Embed (N, 3, H, W) uint8 images with the ToTensor + Normalize evaluation transform, batched
-    on ``device`` without any per-image Python work. Returns (N, d) float32 on ``device``."""
-    device = torch.device(device or next(model.parameters()).device)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+def _embed_batches(model, batches, device, pooled: bool, autocast_dtype, channels_last: bool = False):
+    """Run ``model`` (or its pooled backbone) in eval mode over an iterable of float input batches;
+    returns the concatenated float32 outputs on ``device`` and restores the model's mode."""
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(device, non_blocking=True).float().div_(255).sub_(mean_t).div_(std_t)
+    for x in batches:
+        x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
@@ -32,7 +27,19 @@ def embed_uint8(model, images: torch.Tensor, mean: Sequence[float], std: Sequenc
     return torch.cat(out)
 
 
-@torch.no_grad()
+def embed_uint8(model, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                batch_size: int = 512, device=None, channels_last: bool = False,
+                autocast_dtype: Optional[torch.dtype] = None, pooled: bool = False) -> torch.Tensor:
+    """Embed (N, 3, H, W) uint8 images with the ToTensor + Normalize evaluation transform, batched
+    on ``device`` without any per-image Python work. Returns (N, d) float32 on ``device``."""
+    device = torch.device(device or next(model.parameters()).device)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    batches = (images[s:s + batch_size].to(device, non_blocking=True).float().div_(255).sub_(mean_t).div_(std_t)
+               for s in range(0, images.shape[0], batch_size))
+    return _embed_batches(model, batches, device, pooled, autocast_dtype, channels_last)
+
+
 def extract_features(model, source, transform: Callable, batch_size: int = 256, device=None,
                      num_workers: int = 0, pooled: bool = False, progress: bool = False,
                      autocast_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -42,15 +49,8 @@ def extract_features(model, source, transform: Callable, batch_size: int = 256, 
     device = torch.device(device or next(model.parameters()).device)
     loader = DataLoader(EvalDataset(source, transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
-    was_training = model.training
-    model.eval()
-    out = []
-    for x, _ in tqdm(loader, desc="features", disable=not progress, leave=False):
-        x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-            out.append((model.pooled(x) if pooled else model(x)).float())
-    model.train(was_training)
-    return torch.cat(out)
+    batches = (x for x, _ in tqdm(loader, desc="features", disable=not progress, leave=False))
+    return _embed_batches(model, batches, device, pooled, autocast_dtype)
 
 
 def source_features(model, source, data_cfg, augment_cfg, mean, std, batch_size=512, device=None,
