@@ -21,7 +21,7 @@ from invaspread.data.datasets import build_data
 from invaspread.engine.batches import CPUBatches, DeviceBatches
 from invaspread.engine.evaluation import evaluate
 from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
-from invaspread.losses import build_loss
+from invaspread.methods import build_method
 from invaspread.models import build_model
 
 
@@ -38,37 +38,37 @@ def time_batches(batches, steps, device):
     t0 = time.perf_counter()
     n = 0
     for _ in range(steps):
-        v1, v2, _ = next(it)
-        n += v1.shape[0] + v2.shape[0]
+        views, _ = next(it)
+        n += views.shape[0] * views.shape[1]
     sync(device)
     return n / (time.perf_counter() - t0)
 
 
 def time_training(cfg, bundle, batches, steps, device, compile_model):
+    """(encoder, seconds per step, peak GiB) of ``cfg.method`` on ``batches``, after warm-up steps."""
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device)
+    method = build_method(cfg, build_model(cfg.model), len(bundle.train)).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if compile_model else model
-    criterion = build_loss(cfg.loss)
-    optimizer = build_optimizer(model, cfg.optim)
-    model.train()
-    it = batches.epoch(seed=0, epoch=1)
+        method.encoder.to(memory_format=torch.channels_last)
+        method.input_memory_format = torch.channels_last
+    if compile_model:
+        method.encoder.compile()
+    optimizer = build_optimizer(method.parameters(), cfg.optim)
+    method.train()
+    it = batches.epoch(0, 1, method.views)
     warmup = 5 if compile_model else 2
     for _ in range(warmup):
-        v1, v2, _ = next(it)
-        train_step(forward, criterion, optimizer, v1, v2, cfg.train, device)
+        train_step(method, optimizer, *next(it), cfg.train.bf16)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        v1, v2, _ = next(it)
-        train_step(forward, criterion, optimizer, v1, v2, cfg.train, device)
+        train_step(method, optimizer, *next(it), cfg.train.bf16)
     sync(device)
     seconds_per_step = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
-    return model, seconds_per_step, peak
+    return method.encoder, seconds_per_step, peak
 
 
 def main():

@@ -112,7 +112,7 @@ def cmd_embed(args) -> int:
 
     from .data.sources import scan_image_folder
     from .data.transforms import eval_transform, normalisation
-    from .evaluate import extract_features
+    from .engine.features import extract_features
 
     cfg, state, model, device = _load_run(args.run, _overrides(args))
     source = scan_image_folder(args.images)

@@ -63,7 +63,52 @@ class ModelConfig:
 
 
 @dataclass
+class ExemplarConfig:
+    """Exemplar CNN (Dosovitskiy et al.; paper Eq. 1): a learned weight row per training instance."""
+
+    temperature: float = 0.1  # softmax temperature over the n instance weights
+    normalize_weights: bool = True  # L2-normalise the rows of W (cosine classifier); false: plain w_i . f logits
+
+
+@dataclass
+class NPSoftmaxConfig:
+    """Non-parametric softmax over a memory bank (Wu et al. 2018; paper Eq. 2)."""
+
+    temperature: float = 0.1
+    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
+
+
+@dataclass
+class NCEConfig:
+    """Noise-contrastive estimation over the same memory bank (Wu et al. 2018)."""
+
+    temperature: float = 0.1
+    momentum: float = 0.5
+    noise: int = 4096  # K noise entries drawn uniformly per instance and step
+
+
+@dataclass
+class TripletConfig:
+    """Triplet loss over the batch's two views (methods triplet and triplet_hard)."""
+
+    margin: float = 0.5  # paper Section 4.1
+
+
+@dataclass
+class MethodConfig:
+    """Which system trains the embedding; the InvaSpread loss itself is configured in ``loss``."""
+
+    name: str = "invaspread"  # invaspread | random | exemplar | npsoftmax | nce | triplet | triplet_hard
+    exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
+    npsoftmax: NPSoftmaxConfig = field(default_factory=NPSoftmaxConfig)
+    nce: NCEConfig = field(default_factory=NCEConfig)
+    triplet: TripletConfig = field(default_factory=TripletConfig)
+
+
+@dataclass
 class LossConfig:
+    """The InvaSpread loss (method.name=invaspread)."""
+
     temperature: float = 0.1
     variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
     stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
@@ -86,7 +131,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int = 200  # 0: evaluate the network as built (method random)
     batch_size: int = 128  # instances per step; each step sees 2 x batch_size images
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -111,6 +156,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -125,6 +171,7 @@ CHOICES = {
     "data.stl10_split": ("train", "train+unlabeled"),
     "augment.recipe": ("released", "finegrained"),
     "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
+    "method.name": ("invaspread", "random", "exemplar", "npsoftmax", "nce", "triplet", "triplet_hard"),
     "loss.variant": ("reference", "paper"),
     "loss.positive": ("augmentation", "augmentation_or_neighbour"),
     "loss.negatives": ("all", "hard", "easy"),
@@ -163,21 +210,32 @@ def _coerce(value: Any, tp, key: str):
 
 
 def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
+    """Set ``section.key`` (or ``section.sub.key``, e.g. ``method.nce.noise``) to ``value``, type-checked."""
     where = f" in {source}" if source else ""
     parts = dotted.split(".")
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    if len(parts) != 2 or parts[0] not in sections:
-        hint = difflib.get_close_matches(parts[0], sections, n=1)
-        raise ConfigError(f"unknown config key {dotted!r}{where}: keys look like section.key with section one of "
-                          f"{sorted(sections)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    section = getattr(cfg, parts[0])
-    types = typing.get_type_hints(type(section))
-    if parts[1] not in types:
-        hint = difflib.get_close_matches(parts[1], types, n=1)
-        raise ConfigError(f"unknown config key {dotted!r}{where}"
-                          + (f"; did you mean '{parts[0]}.{hint[0]}'?" if hint else
-                             f"; known keys of '{parts[0]}': {', '.join(types)}"))
-    setattr(section, parts[1], _coerce(value, types[parts[1]], dotted))
+    node = cfg
+    for depth, part in enumerate(parts):
+        types = typing.get_type_hints(type(node))
+        prefix = ".".join(parts[:depth])
+        if part not in types:
+            hint = difflib.get_close_matches(part, types, n=1)
+            if depth == 0:
+                raise ConfigError(f"unknown config key {dotted!r}{where}: keys look like section.key with section "
+                                  f"one of {sorted(types)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            raise ConfigError(f"unknown config key {dotted!r}{where}"
+                              + (f"; did you mean '{prefix}.{hint[0]}'?" if hint else
+                                 f"; known keys of '{prefix}': {', '.join(types)}"))
+        child = getattr(node, part)
+        last = depth == len(parts) - 1
+        if last and not dataclasses.is_dataclass(child):
+            setattr(node, part, _coerce(value, types[part], dotted))
+            return
+        if last or not dataclasses.is_dataclass(child):
+            kind = "a section" if last else "a key, not a section"
+            raise ConfigError(f"config key {dotted!r}{where}: '{'.'.join(parts[:depth + 1])}' is {kind}; "
+                              f"keys look like section.key" + (f" (keys of it: {', '.join(typing.get_type_hints(type(child)))})"
+                                                              if last else ""))
+        node = child
 
 
 def validate(cfg: Config) -> Config:
@@ -186,13 +244,29 @@ def validate(cfg: Config) -> Config:
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
-    positive = {"loss.temperature": cfg.loss.temperature, "train.epochs": cfg.train.epochs,
+    positive = {"loss.temperature": cfg.loss.temperature,
                 "data.image_size": cfg.data.image_size, "eval.knn_k": cfg.eval.knn_k,
                 "eval.knn_temperature": cfg.eval.knn_temperature, "model.embedding_dim": cfg.model.embedding_dim,
                 "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size}
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value!r}: expected a positive number")
+    method_positive = {"method.exemplar.temperature": cfg.method.exemplar.temperature,
+                       "method.npsoftmax.temperature": cfg.method.npsoftmax.temperature,
+                       "method.nce.temperature": cfg.method.nce.temperature, "method.nce.noise": cfg.method.nce.noise,
+                       "method.triplet.margin": cfg.method.triplet.margin}
+    for key, value in method_positive.items():
+        if not value > 0:
+            raise ConfigError(f"{key}={value!r}: expected a positive number")
+    for key, value in (("method.npsoftmax.momentum", cfg.method.npsoftmax.momentum),
+                       ("method.nce.momentum", cfg.method.nce.momentum)):
+        if not 0 <= value < 1:
+            raise ConfigError(f"{key}={value!r}: expected 0 <= momentum < 1")
+    if cfg.train.epochs < 0:
+        raise ConfigError(f"train.epochs={cfg.train.epochs}: expected 0 (evaluate only) or more")
+    if cfg.method.name == "random" and cfg.train.epochs != 0:
+        raise ConfigError(f"method.name=random is the untrained network: add --epochs 0 (train.epochs is "
+                          f"{cfg.train.epochs})")
     if cfg.train.batch_size < 2:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: the loss needs at least 2 instances per batch")
     if not 0 < cfg.loss.negative_fraction <= 1:
@@ -214,16 +288,26 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def _flatten(values: dict, prefix: str, source: str):
+    """``{"nce": {"noise": 8}}`` under ``method`` -> [("method.nce.noise", 8)]."""
+    where = f" in {source}" if source else ""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section {prefix!r}{where} must be a mapping of keys to values")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}.{key}", source)
+        else:
+            yield f"{prefix}.{key}", value
+
+
 def from_dict(data: dict, source: str = "") -> Config:
     cfg = Config()
     where = f" in {source}" if source else ""
     if not isinstance(data, dict):
         raise ConfigError(f"config{where} must be a mapping of sections, got {type(data).__name__}")
     for section, values in data.items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"config section {section!r}{where} must be a mapping of keys to values")
-        for key, value in values.items():
-            set_key(cfg, f"{section}.{key}", value, source)
+        for dotted, value in _flatten(values, str(section), source):
+            set_key(cfg, dotted, value, source)
     return cfg
 
 

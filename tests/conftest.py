@@ -70,3 +70,10 @@ def write_cifar10_python(root: Path, per_batch=4):
     with (folder / "batches.meta").open("wb") as fh:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, fh)
     return root
+
+
+@pytest.fixture(scope="session")
+def cifar_cache(tmp_path_factory):
+    """One decoded-array cache for every test that reads the CIFAR-10 archive (each subset setting is
+    decoded once per session)."""
+    return tmp_path_factory.getbasetemp() / "cifar-cache"

@@ -24,6 +24,31 @@ def test_bundled_cifar10_config_is_the_released_recipe():
     assert (cfg.eval.knn_k, cfg.eval.knn_temperature) == (200, 0.1)
 
 
+def test_released_config_differs_from_the_paper_only_in_the_schedule():
+    """demo_seen.py at HEAD: x0.1 at 120, x0.05 at 160, x0.01 at 200, 301 epochs (0-based epochs)."""
+    from invaspread.engine.trainer import learning_rate
+
+    paper, released = load_config("configs/cifar10.yaml").to_dict(), load_config("configs/cifar10_released.yaml")
+    lrs = {e: learning_rate(released.optim, 301, e) for e in (0, 119.99, 120, 159.99, 160, 199.99, 200, 300.99)}
+    assert lrs == pytest.approx({0: 0.03, 119.99: 0.03, 120: 0.003, 159.99: 0.003, 160: 0.0015, 199.99: 0.0015,
+                                 200: 0.0003, 300.99: 0.0003})
+    assert released.train.epochs == 301
+    released = released.to_dict()
+    for section, values in paper.items():
+        for key, value in values.items():
+            if (section, key) not in {("optim", "decay_epochs"), ("optim", "decay_factors"), ("train", "epochs")}:
+                assert released[section][key] == value, (section, key)
+
+
+def test_lemniscate_config_is_the_shared_recipe_without_flip():
+    paper, lem = load_config("configs/cifar10.yaml").to_dict(), load_config("configs/cifar10_lemniscate.yaml").to_dict()
+    assert lem["method"]["name"] == "nce" and lem["augment"]["flip"] is False
+    for section in ("model", "optim", "eval"):
+        assert lem[section] == paper[section], section
+    assert {k: v for k, v in lem["train"].items() if k != "eval_every"} == \
+        {k: v for k, v in paper["train"].items() if k != "eval_every"}
+
+
 @pytest.mark.parametrize("name", bundled_configs())
 def test_every_bundled_config_loads(name):
     load_config(f"configs/{name}.yaml")

@@ -6,7 +6,8 @@ import torch
 
 from conftest import coloured_image, write_cifar10_python, write_image_folder, write_imagefolder_archive
 from invaspread.config import AugmentConfig, DataConfig
-from invaspread.data.datasets import TwoViewDataset, build_data
+from invaspread.data.bundle import ViewsDataset
+from invaspread.data.datasets import build_data
 from invaspread.data.sources import (ArrayImages, DataError, first_per_class, read_imagefolder_archive,
                                      scan_image_folder)
 from invaspread.data.transforms import eval_transform, train_transform
@@ -101,15 +102,21 @@ def test_first_per_class_keeps_order():
     assert list(first_per_class(labels, 2)) == [0, 1, 2, 4, 5]
 
 
-def test_two_view_dataset_yields_independent_views_and_index():
+def test_views_dataset_yields_independent_views_and_index():
     images = np.stack([np.asarray(coloured_image(i % 3, i, (32, 32))) for i in range(6)])
-    ds = TwoViewDataset(ArrayImages(images), train_transform(AugmentConfig(), 32, (0.5,) * 3, (0.5,) * 3))
+    transform = train_transform(AugmentConfig(), 32, (0.5,) * 3, (0.5,) * 3)
+    ds = ViewsDataset(ArrayImages(images), transform)
     torch.manual_seed(0)
-    v1, v2, idx = ds[4]
+    (v1, v2), idx = ds[4]
     assert v1.shape == v2.shape == (3, 32, 32) and idx == 4
     assert not torch.equal(v1, v2)
-    ds.positive_index = np.array([1, 0, 3, 2, 5, 4])
-    assert ds[4][2] == 4
+    one, idx = ViewsDataset(ArrayImages(images), transform, views=1)[3]
+    assert len(one) == 1 and idx == 3
+    # the second view's source image is replaced, the index stays the instance's
+    plain = ViewsDataset(ArrayImages(images), lambda img: torch.from_numpy(np.asarray(img).copy()),
+                         second_index=np.array([1, 0, 3, 2, 5, 4]))
+    (first, second), idx = plain[4]
+    assert idx == 4 and torch.equal(first, torch.from_numpy(images[4])) and torch.equal(second, torch.from_numpy(images[5]))
 
 
 def test_eval_transform_is_identity_plus_normalise_for_cifar_size():

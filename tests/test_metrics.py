@@ -10,7 +10,8 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from invaspread.evaluate import knn_accuracy, knn_classify
 from invaspread.evaluate.linear import linear_probe
-from invaspread.evaluate.retrieval import kmeans, nmi, normalized_mutual_info, recall_at_k
+from invaspread.evaluate import nmi, normalized_mutual_info, recall_at_k
+from invaspread.ops import kmeans
 
 
 def clustered(n, d, classes, noise, seed):

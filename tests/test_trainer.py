@@ -112,11 +112,11 @@ def test_bad_configuration_values_are_clear_errors(tmp_path):
 def test_nearest_neighbour_positives_against_brute_force():
     import numpy as np
 
-    from invaspread.engine.trainer import nearest_neighbour_positives
+    from invaspread.methods import nearest_neighbour_positives
 
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(500, 16, generator=g)
-    pos = nearest_neighbour_positives(feats, torch.Generator().manual_seed(1), chunk_size=77)
+    pos = nearest_neighbour_positives(feats, torch.Generator().manual_seed(1), chunk_size=77).numpy()
     f = feats.numpy() / np.linalg.norm(feats.numpy(), axis=1, keepdims=True)
     sims = f @ f.T
     np.fill_diagonal(sims, -np.inf)

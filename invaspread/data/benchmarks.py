@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import DATASETS, DataBundle, _subset
+from .bundle import DataBundle, subset_per_class
 from .sources import ArrayImages, DataError, FileImages, maybe_to_memory
 
 
@@ -66,8 +66,8 @@ def _stl10(cfg, progress):
 
         STL10(str(cfg.root), split="train", download=True)
     folder = _locate(cfg.root, "train_X.bin", ["stl10_binary"])
-    train = _subset(read_stl10_split(folder, "train"), cfg.subset_per_class)
-    test = _subset(read_stl10_split(folder, "test"), cfg.test_subset_per_class)
+    train = subset_per_class(read_stl10_split(folder, "train"), cfg.subset_per_class)
+    test = subset_per_class(read_stl10_split(folder, "test"), cfg.test_subset_per_class)
     source = train
     if cfg.stl10_split == "train+unlabeled":
         unlabeled = read_stl10_split(folder, "unlabeled")
@@ -136,16 +136,17 @@ def read_sop(root):
 def _unseen(reader):
     def load(cfg, progress):
         train, test = reader(cfg.root)
-        train = maybe_to_memory(_subset(train, cfg.subset_per_class), cfg.in_memory, progress)
-        test = maybe_to_memory(_subset(test, cfg.test_subset_per_class), cfg.in_memory, progress)
+        train = maybe_to_memory(subset_per_class(train, cfg.subset_per_class), cfg.in_memory, progress)
+        test = maybe_to_memory(subset_per_class(test, cfg.test_subset_per_class), cfg.in_memory, progress)
         # labels of the training split exist in the files but are never used (unsupervised)
         return DataBundle(train, None, test, "unseen")
     return load
 
 
-DATASETS.update({
+# name -> function(data_config, progress) -> DataBundle, merged into ``datasets.DATASETS``
+BENCHMARKS = {
     "stl10": _stl10,
     "cub200": _unseen(read_cub200),
     "cars196": _unseen(read_cars196),
     "sop": _unseen(read_sop),
-})
+}

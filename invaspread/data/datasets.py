@@ -1,4 +1,4 @@
-"""Data sets by name (``DATASETS``, a plain dict) and the torch ``Dataset`` wrappers for training.
+"""Data sets by name (``DATASETS``, a plain dict) and ``build_data``.
 
 Every loader returns a ``DataBundle``: the unlabelled training images, and for evaluation either a
 labelled reference bank + queries (seen categories: kNN / linear probe) or queries alone (unseen
@@ -7,71 +7,21 @@ categories: Recall@K / NMI within the test set).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from .sources import (DataError, first_per_class, load_cifar10_python, load_digits_images, maybe_to_memory,
+from .benchmarks import BENCHMARKS
+from .bundle import DataBundle, subset_per_class
+from .sources import (DataError, load_cifar10_python, load_digits_images, maybe_to_memory,
                       read_imagefolder_archive, scan_image_folder)
 from .transforms import normalisation
 
 
-@dataclass
-class DataBundle:
-    train: object  # ArrayImages | FileImages; labels, if any, are never used for training
-    bank: Optional[object]  # labelled reference set (seen setting), evaluated with the eval transform
-    query: Optional[object]  # labelled test set
-    setting: str  # "seen" (kNN, linear) or "unseen" (Recall@K, NMI)
-    mean: Sequence[float] = ()  # Normalize values, filled in by build_data
-    std: Sequence[float] = ()
-
-
-class TwoViewDataset(Dataset):
-    """Yields ``(view1, view2, index)``: two independent augmentations of instance ``index``.
-
-    ``positive_index`` (optional, length N) replaces the second view's source image: the paper's
-    CUB-200 option draws it from the instance's nearest neighbour half of the time.
-    """
-
-    def __init__(self, source, transform):
-        self.source, self.transform = source, transform
-        self.positive_index: Optional[np.ndarray] = None
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, i):
-        j = i if self.positive_index is None else int(self.positive_index[i])
-        return self.transform(self.source.image(i)), self.transform(self.source.image(j)), i
-
-
-class EvalDataset(Dataset):
-    """Yields ``(image, index)`` with a deterministic evaluation transform."""
-
-    def __init__(self, source, transform):
-        self.source, self.transform = source, transform
-
-    def __len__(self):
-        return len(self.source)
-
-    def __getitem__(self, i):
-        return self.transform(self.source.image(i)), i
-
-
-def _subset(source, n):
-    if n is None or source.labels is None:
-        return source
-    return source.subset(first_per_class(source.labels, n))
-
-
 def _digits(cfg, progress):
     train, test = load_digits_images(cfg.image_size)
-    train = _subset(train, cfg.subset_per_class)
-    return DataBundle(train, train, _subset(test, cfg.test_subset_per_class), "seen")
+    train = subset_per_class(train, cfg.subset_per_class)
+    return DataBundle(train, train, subset_per_class(test, cfg.test_subset_per_class), "seen")
 
 
 def cifar10_splits(cfg, progress: bool = True):
@@ -92,7 +42,7 @@ def cifar10_splits(cfg, progress: bool = True):
                                           cfg.cache_dir, progress)
         return splits["train"], splits["test"]
     if (root / "train").is_dir() and (root / "test").is_dir():
-        return tuple(maybe_to_memory(_subset(scan_image_folder(root / split, labelled=True), per_class[split]),
+        return tuple(maybe_to_memory(subset_per_class(scan_image_folder(root / split, labelled=True), per_class[split]),
                                      True if cfg.in_memory is None else cfg.in_memory, progress)
                      for split in ("train", "test"))
     if not (root / "cifar-10-batches-py").is_dir() and not cfg.download:
@@ -100,7 +50,7 @@ def cifar10_splits(cfg, progress: bool = True):
                         f"one .tar.gz archive; set data.download=true to download CIFAR-10 there")
     train = load_cifar10_python(root, True, cfg.download)
     test = load_cifar10_python(root, False, cfg.download)
-    return _subset(train, per_class["train"]), _subset(test, per_class["test"])
+    return subset_per_class(train, per_class["train"]), subset_per_class(test, per_class["test"])
 
 
 def _cifar10(cfg, progress):
@@ -119,35 +69,29 @@ def _cifar10_unseen(cfg, progress):
 def _image_folder(cfg, progress):
     if cfg.root is None:
         raise DataError("data.name=image_folder needs data.root (a folder of images, or of <class>/ sub-folders)")
-    train = maybe_to_memory(_subset(scan_image_folder(cfg.root), cfg.subset_per_class), cfg.in_memory, progress)
+    train = maybe_to_memory(subset_per_class(scan_image_folder(cfg.root), cfg.subset_per_class), cfg.in_memory, progress)
     bank = query = None
     if cfg.test_root is not None:
-        query = maybe_to_memory(_subset(scan_image_folder(cfg.test_root, labelled=True), cfg.test_subset_per_class),
+        query = maybe_to_memory(subset_per_class(scan_image_folder(cfg.test_root, labelled=True), cfg.test_subset_per_class),
                                 cfg.in_memory, progress)
         if train.labels is not None:
             bank = train
     return DataBundle(train, bank, query, "seen")
 
 
-# name -> function(data_config, progress) -> DataBundle; the benchmark data sets register in .benchmarks
+# name -> function(data_config, progress) -> DataBundle
 DATASETS = {
     "digits": _digits,
     "cifar10": _cifar10,
     "cifar10_unseen": _cifar10_unseen,
     "image_folder": _image_folder,
+    **BENCHMARKS,  # stl10, cub200, cars196, sop
 }
 
 
 def build_data(cfg, progress: bool = True) -> DataBundle:
-    from . import benchmarks  # noqa: F401  (registers stl10, cub200, cars196, sop)
-
     if cfg.name not in DATASETS:
         raise DataError(f"data.name={cfg.name!r} is unknown; choose one of {sorted(DATASETS)}")
     bundle = DATASETS[cfg.name](cfg, progress)
     bundle.mean, bundle.std = normalisation(cfg)
     return bundle
-
-
-def images_as_tensor(source) -> torch.Tensor:
-    """(N, 3, H, W) uint8 view of an in-memory source, for device-resident training data."""
-    return torch.from_numpy(source.images).permute(0, 3, 1, 2)

@@ -1,4 +1,8 @@
-"""Training batches ``(view1, view2, index)`` for one epoch, from the CPU or from device memory.
+"""Training batches ``(views, index)`` for one epoch, from the CPU or from device memory.
+
+``views`` is (V, B, 3, H, W): V independent augmentations of the B instances ``index`` (B,) int64.
+Views 2..V of instance i are drawn from image ``second_index[i]`` when a method passes one (the
+nearest-neighbour positives of the CUB-200 recipe), else from image i.
 
 Both sources draw everything random in an epoch (shuffle order, augmentation) from generators
 seeded by (seed, epoch), so a run resumed at an epoch boundary repeats exactly what an
@@ -10,16 +14,15 @@ from __future__ import annotations
 import os
 from typing import Iterator, Optional, Tuple
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError
-from ..data.datasets import TwoViewDataset, images_as_tensor
+from ..data.bundle import ViewsDataset, images_as_tensor
 from ..data.device_augment import DeviceAugment
 from ..data.transforms import train_transform
 
-Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -30,26 +33,27 @@ class CPUBatches:
     """PIL/torchvision augmentation in DataLoader workers (the released code's pipeline)."""
 
     def __init__(self, source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
-        self.dataset = TwoViewDataset(source, train_transform(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize))
+        self.source = source
+        self.transform = train_transform(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize)
         self.batch_size, self.device = batch_size, device
         # more workers than CPUs only adds contention (configs are written for GPU machines)
         self.num_workers = min(data_cfg.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else os.cpu_count() or 1)
 
     def __len__(self):
-        return len(self.dataset) // self.batch_size
+        return len(self.source) // self.batch_size
 
-    def set_positive_index(self, index: Optional[np.ndarray]):
-        self.dataset.positive_index = index
-
-    def epoch(self, seed: int, epoch: int) -> Iterator[Batch]:
+    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None
+              ) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
         torch.manual_seed(s)  # augmentation RNG when num_workers == 0
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(s),
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for v1, v2, idx in loader:
-            yield (v1.to(self.device, non_blocking=True), v2.to(self.device, non_blocking=True),
+        second = None if second_index is None else second_index.cpu().numpy()
+        loader = DataLoader(ViewsDataset(self.source, self.transform, views, second), batch_size=self.batch_size,
+                            shuffle=True, drop_last=True, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(s), pin_memory=self.device.type == "cuda",
+                            persistent_workers=False)
+        for view_list, idx in loader:
+            yield (torch.stack([v.to(self.device, non_blocking=True) for v in view_list]),
                    idx.to(self.device, non_blocking=True))
 
 
@@ -61,24 +65,22 @@ class DeviceBatches:
         self.images = images_as_tensor(source).to(device).contiguous()   # (N, 3, H, W) uint8
         self.augment = DeviceAugment(data_cfg.image_size, aug_cfg, mean, std)
         self.batch_size, self.device = batch_size, device
-        self.positive_index: Optional[torch.Tensor] = None
 
     def __len__(self):
         return self.images.shape[0] // self.batch_size
 
-    def set_positive_index(self, index: Optional[np.ndarray]):
-        self.positive_index = None if index is None else torch.as_tensor(index, device=self.device)
-
-    def epoch(self, seed: int, epoch: int) -> Iterator[Batch]:
+    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None
+              ) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
         order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
         gen = torch.Generator(device=self.device).manual_seed(s)
+        second_index = None if second_index is None else second_index.to(self.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            second = idx if self.positive_index is None else self.positive_index[idx]
-            # both views in one call: one set of kernel launches for 2B images
-            views = self.augment(self.images[torch.cat([idx, second])], gen)
-            yield views[: len(idx)], views[len(idx):], idx
+            second = idx if second_index is None else second_index[idx]
+            # all views in one call: one set of kernel launches for V x B images
+            out = self.augment(self.images[torch.cat([idx] + [second] * (views - 1))], gen)
+            yield out.view(views, len(idx), *out.shape[1:]), idx
 
 
 def use_device_batches(source, aug_cfg, device: torch.device) -> bool:

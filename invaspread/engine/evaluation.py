@@ -13,7 +13,9 @@ from typing import Dict, Optional
 import torch
 
 from ..config import ConfigError
-from ..evaluate import knn_accuracy, source_features
+from ..evaluate import knn_accuracy, linear_probe, recall_at_k
+from ..evaluate import nmi as nmi_score
+from .features import source_features
 
 PROTOCOLS = ("knn", "linear", "retrieval")
 
@@ -32,10 +34,6 @@ def _features(model, source, cfg, bundle, device, progress):
 def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bool = True,
              progress: bool = False) -> Dict[str, float]:
     """Run ``protocol`` (default: the bundle's setting) and return e.g. {"knn_top1": 83.1, ...}."""
-    from ..evaluate.linear import linear_probe
-    from ..evaluate.retrieval import nmi as nmi_score
-    from ..evaluate.retrieval import recall_at_k
-
     protocol = protocol or default_protocol(bundle)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")

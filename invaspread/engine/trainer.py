@@ -1,8 +1,10 @@
-"""The training loop: two views per instance, InvaSpreadLoss, SGD, evaluation, checkpoints.
+"""The training loop, the same for every method: batches of views, ``method.training_step``, SGD,
+evaluation, checkpoints. It knows no method by name (see ``invaspread.methods.base`` for the contract).
 
 A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON line per
-evaluated or trained epoch) and ``last.pt`` (written atomically after every epoch).
-``fit(..., resume=True)`` continues a run from ``last.pt`` exactly where it stopped.
+evaluated or trained epoch) and ``last.pt`` (written atomically after every epoch: the encoder under
+"model", the method's own state under "method", optimizer, RNG, config). ``fit(..., resume=True)``
+continues a run from ``last.pt`` exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -13,17 +15,16 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from ..config import Config, ConfigError, InvaspreadError, from_dict, save_config, validate
 from ..data.datasets import build_data
-from ..evaluate import source_features
-from ..losses import build_loss
+from ..methods import build_method
 from ..models import build_model
 from .batches import make_batches
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .evaluation import evaluate
+from .features import source_features
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,44 +59,31 @@ def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
     return lr
 
 
-def nearest_neighbour_positives(features: torch.Tensor, generator: torch.Generator, chunk_size: int = 4096):
-    """The paper's CUB-200 option (Section 4.2): the positive of instance i is, with probability 1/2,
-    its own second view, else (an augmented view of) its nearest other instance by cosine similarity.
-
-    features: (N, D), e.g. pool5 features of the non-augmented training images. Returns (N,) int64.
-    """
-    feats = torch.nn.functional.normalize(features.float(), dim=1)
-    nn_index = torch.empty(feats.shape[0], dtype=torch.long, device=feats.device)
-    for start in range(0, feats.shape[0], chunk_size):
-        sims = feats[start:start + chunk_size] @ feats.t()
-        rows = torch.arange(sims.shape[0], device=sims.device)
-        sims[rows, rows + start] = -float("inf")  # never the instance itself
-        nn_index[start:start + chunk_size] = sims.argmax(1)
-    own = torch.arange(feats.shape[0])
-    use_neighbour = torch.rand(feats.shape[0], generator=generator) < 0.5
-    return torch.where(use_neighbour, nn_index.cpu(), own).numpy()
-
-
-def train_step(forward, criterion, optimizer, v1, v2, train_cfg, device) -> torch.Tensor:
-    """One SGD step on a batch of view pairs (both views in one forward pass, as the released code).
-
-    Returns the detached loss; on CUDA, bf16 autocast and channels_last follow ``train_cfg``."""
-    cuda = device.type == "cuda"
-    x = torch.cat([v1, v2])
-    if cuda and train_cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=train_cfg.bf16 and cuda):
-        z1, z2 = forward(x).chunk(2)
-        loss = criterion(z1, z2)
+def train_step(method, optimizer, views, index, bf16: bool) -> torch.Tensor:
+    """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast on CUDA."""
+    device_type = views.device.type
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
+        loss = method.training_step(views, index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    method.after_step()
     return loss.detach()
 
 
-def build_optimizer(model, optim_cfg) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+def build_optimizer(parameters, optim_cfg) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
                            weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov)
+
+
+def method_checkpoint_state(method) -> dict:
+    """The method's own state (banks, classifier weights, constants) without the encoder's weights,
+    which the checkpoint keeps under "model" (what ``eval`` and ``embed`` load)."""
+    return {k: v for k, v in method.state_dict().items() if not k.startswith("encoder.")}
+
+
+def load_method_state(method, state: dict) -> None:
+    method.load_state_dict({**{f"encoder.{k}": v for k, v in state["model"].items()}, **state.get("method", {})})
 
 
 def _rng_state(device):
@@ -106,7 +94,7 @@ def _rng_state(device):
 
 
 def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Train (or resume) a run in ``out_dir``; returns the last metrics line."""
+    """Train (or resume) a run of ``cfg.method`` in ``out_dir``; returns the last metrics line."""
     out_dir = Path(out_dir)
     state = None
     if resume:
@@ -118,28 +106,32 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     device = resolve_device(cfg.train.device)
+    cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
 
     bundle = build_data(cfg.data, progress=cfg.train.progress)
-    model = build_model(cfg.model).to(device)
-    cuda = device.type == "cuda"
+    model = build_model(cfg.model)
+    method = build_method(cfg, model, len(bundle.train)).to(device)
     if cuda and cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = build_loss(cfg.loss)
-    optimizer = build_optimizer(model, cfg.optim)
-    batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size, device)
+        method.encoder.to(memory_format=torch.channels_last)
+        method.input_memory_format = torch.channels_last
+    optimizer = build_optimizer(method.parameters(), cfg.optim)
     start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_method_state(method, state)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
         torch.set_rng_state(state["rng"]["torch"])
         if cuda and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         log(f"resuming {out_dir} after epoch {start_epoch}/{cfg.train.epochs}")
-    forward = torch.compile(model) if (cfg.train.compile and cuda) else model
-    log(f"{cfg.data.name}: {len(bundle.train)} training images, {cfg.model.arch} on {device}, "
-        f"{type(batches).__name__}, {len(batches)} steps/epoch")
+    if cfg.train.compile and cuda:
+        method.encoder.compile()  # in place: state_dict keys stay those of the plain module
+    epochs = cfg.train.epochs
+    batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size,
+                           device) if epochs > start_epoch else None
+    log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
+        f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training"))
 
     metrics_path = out_dir / "metrics.jsonl"
     if state is not None and metrics_path.exists():
@@ -155,31 +147,40 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
 
     def due(epoch: int) -> bool:
         every = cfg.train.eval_every
-        return epoch == cfg.train.epochs or (every > 0 and epoch % every == 0)
+        return epoch == epochs or (every > 0 and epoch % every == 0)
+
+    def checkpoint(epoch: int, lr: float, last: dict):
+        save_checkpoint({"version": CHECKPOINT_VERSION, "model": method.encoder.state_dict(),
+                         "method": method_checkpoint_state(method), "optimizer": optimizer.state_dict(),
+                         "schedule": {"lr": lr, "epochs_done": epoch}, "epoch": epoch, "config": cfg.to_dict(),
+                         "rng": _rng_state(device), "metrics": last}, out_dir / "last.pt")
+
+    def train_features(pooled: bool) -> torch.Tensor:
+        """The un-augmented training set through the encoder in eval mode (evaluation transform)."""
+        return source_features(method.encoder, bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std,
+                               cfg.eval.batch_size, device, pooled=pooled)
 
     last = {} if state is None else dict(state.get("metrics", {}))
-    if start_epoch == 0 and cfg.train.eval_at_start:
-        last = {"epoch": 0, **evaluate(model, bundle, cfg, device)}
+    if start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
+        last = {"epoch": 0, **evaluate(method.encoder, bundle, cfg, device, nmi=epochs == 0)}
         write(last)
+        if epochs == 0:  # an evaluate-only run (method random) still leaves a checkpoint for eval / embed
+            checkpoint(0, cfg.optim.lr, last)
     from tqdm.auto import tqdm
 
-    for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
-        if cfg.loss.positive == "augmentation_or_neighbour":
-            pool5 = source_features(model, bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std,
-                                    cfg.eval.batch_size, device, pooled=True)
-            gen = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch)
-            batches.set_positive_index(nearest_neighbour_positives(pool5, gen))
-        model.train()
+    for epoch in range(start_epoch + 1, epochs + 1):
+        method.on_epoch_start(epoch, train_features)
+        method.train()
         t0 = time.perf_counter()
         total_loss = torch.zeros((), device=device)
         steps = len(batches)
-        bar = tqdm(batches.epoch(cfg.train.seed, epoch), total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}",
-                   disable=not cfg.train.progress, leave=False)
-        for step, (v1, v2, _) in enumerate(bar):
-            lr = learning_rate(cfg.optim, cfg.train.epochs, epoch - 1 + step / steps)
+        stream = batches.epoch(cfg.train.seed, epoch, method.views, method.second_view_index())
+        bar = tqdm(stream, total=steps, desc=f"epoch {epoch}/{epochs}", disable=not cfg.train.progress, leave=False)
+        for step, (views, index) in enumerate(bar):
+            lr = learning_rate(cfg.optim, epochs, epoch - 1 + step / steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = train_step(forward, criterion, optimizer, v1, v2, cfg.train, device)
+            loss = train_step(method, optimizer, views, index, cfg.train.bf16)
             total_loss += loss
             if cfg.train.progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
@@ -188,13 +189,11 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         train_seconds = time.perf_counter() - t0
         if not torch.isfinite(total_loss):
             raise InvaspreadError(f"epoch {epoch}: the loss is not finite; {out_dir}/last.pt still holds epoch "
-                                  f"{epoch - 1}. Lower optim.lr or raise loss.temperature")
+                                  f"{epoch - 1}. Lower optim.lr or raise the method's temperature")
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
-                "images_per_second": 2 * steps * cfg.train.batch_size / train_seconds}
+                "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}
         if due(epoch):
-            last.update(evaluate(model, bundle, cfg, device, nmi=epoch == cfg.train.epochs))
+            last.update(evaluate(method.encoder, bundle, cfg, device, nmi=epoch == epochs))
         write(last)
-        save_checkpoint({"version": CHECKPOINT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": {"lr": lr, "epochs_done": epoch}, "epoch": epoch, "config": cfg.to_dict(),
-                         "rng": _rng_state(device), "metrics": last}, out_dir / "last.pt")
+        checkpoint(epoch, lr, last)
     return last

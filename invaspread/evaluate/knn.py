@@ -9,20 +9,18 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
+
+from ..ops import cosine_topk
 
 
 def _class_scores(train_features, train_labels, test_features, k, temperature, num_classes, chunk_size):
-    """Yield (start, scores (chunk, C)) over chunks of the queries; memory is O(chunk x N_train)."""
-    train = F.normalize(train_features.float(), dim=1)
-    labels = train_labels.to(train.device).long()
-    k = min(k, train.shape[0])
-    for start in range(0, test_features.shape[0], chunk_size):
-        query = F.normalize(test_features[start:start + chunk_size].to(train.device).float(), dim=1)
-        sims, idx = (query @ train.t()).topk(k, dim=1)                     # (chunk, k)
-        weights = (sims / temperature).exp()
-        scores = torch.zeros(query.shape[0], num_classes, device=train.device)
-        scores.scatter_add_(1, labels[idx], weights)                        # sum of votes per class
+    """Yield (start, scores (chunk, C)) over chunks of the queries; memory is O(chunk x N_train + Q x k)."""
+    labels = train_labels.to(train_features.device).long()
+    sims, idx = cosine_topk(test_features, train_features, k, chunk_size=chunk_size)   # (Q, k)
+    for start in range(0, sims.shape[0], chunk_size):
+        weights = (sims[start:start + chunk_size] / temperature).exp()
+        scores = torch.zeros(weights.shape[0], num_classes, device=sims.device)
+        scores.scatter_add_(1, labels[idx[start:start + chunk_size]], weights)   # sum of votes per class
         yield start, scores
 
 

@@ -1,11 +1,17 @@
-"""Losses over L2-normalised embeddings. One loss per file; each is a plain ``nn.Module``."""
+"""Losses over L2-normalised embeddings. One loss per file; each is a plain ``nn.Module`` whose device
+and dtype come from its inputs, and whose every stop-gradient is a named option."""
 
+from .exemplar import ExemplarLoss
 from .invaspread import InvaSpreadLoss, log_one_minus_softmax
+from .nce import NCELoss, estimate_nce_z
+from .npsoftmax import NPSoftmaxLoss
+from .triplet import TripletLoss, sample_random_negatives
 
 
 def build_loss(cfg) -> InvaSpreadLoss:
-    """The loss described by a ``LossConfig``."""
+    """The InvaSpread loss described by a ``LossConfig``."""
     return InvaSpreadLoss(cfg.temperature, cfg.variant, cfg.stop_gradient, cfg.negatives, cfg.negative_fraction)
 
 
-__all__ = ["InvaSpreadLoss", "build_loss", "log_one_minus_softmax"]
+__all__ = ["ExemplarLoss", "InvaSpreadLoss", "NCELoss", "NPSoftmaxLoss", "TripletLoss", "build_loss",
+           "estimate_nce_z", "log_one_minus_softmax", "sample_random_negatives"]

@@ -22,7 +22,7 @@ own row as an anchor.
 
 Here ``stop_gradient=True`` detaches the summed-over factor f_k ("pseudo classifier weights").
 
-Everything is computed in float32 in log-sum-exp form. ``log(1 - softmax)`` is evaluated as a
+Everything is computed in the inputs' precision (float32 at least) in log-sum-exp form. ``log(1 - softmax)`` is evaluated as a
 leave-one-out log-sum-exp, so it stays finite even when one negative takes all the probability
 mass (tau = 0.01, bf16 inputs).
 """
@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .precision import at_least_float32
 
 VARIANTS = ("reference", "paper")
 NEGATIVES = ("all", "hard", "easy")
@@ -73,7 +75,7 @@ class InvaSpreadLoss(nn.Module):
 
     Shapes:
         z1, z2: (N, d) L2-normalised embeddings of two views; row i of both is the same instance.
-        returns: scalar float32 loss.
+        returns: scalar loss in the inputs' precision (float32 at least).
     """
 
     def __init__(self, temperature: float = 0.1, variant: str = "reference", stop_gradient: bool = True,
@@ -108,9 +110,9 @@ class InvaSpreadLoss(nn.Module):
         if z1.shape[0] < 2:
             raise ValueError(f"InvaSpreadLoss needs at least 2 instances per batch (negatives come from the "
                              f"batch), got N={z1.shape[0]}")
-        # Softmax statistics are accumulated in float32 even under bf16/fp16 autocast.
+        # Softmax statistics are accumulated in float32 even under bf16/fp16 autocast; float64 stays float64.
         with torch.autocast(device_type=z1.device.type, enabled=False):
-            z1, z2 = z1.float(), z2.float()
+            z1, z2 = at_least_float32(z1), at_least_float32(z2)
             if self.variant == "reference":
                 return self._reference(z1, z2)
             return self._paper(z1, z2)

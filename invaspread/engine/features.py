@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.datasets import EvalDataset, images_as_tensor
+from ..data.bundle import EvalDataset, images_as_tensor
 
 
 @torch.no_grad()

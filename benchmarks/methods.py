@@ -1,0 +1,93 @@
+"""Seconds per training step of every method in ``METHODS``, at the paper's batch (128 instances) on
+the full-width ResNet18, next to the encoder's own forward + backward for the same images.
+
+    python benchmarks/methods.py                         # CPU here: full width, 3 timed steps
+    python benchmarks/methods.py --device cuda --steps 50 --instances 50000
+
+The "method overhead" column is a step minus the encoder alone (forward + backward of the same
+V x B images with a trivial loss): the loss, the memory bank and the classifier weights' share.
+Inputs are random tensors of CIFAR-10's shape; banks / weights are sized for ``--instances``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from invaspread.config import load_config
+from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
+from invaspread.methods import METHODS, build_method
+from invaspread.models import build_model
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, steps, device, warmup):
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=128, help="instances per step (paper: 128)")
+    parser.add_argument("--instances", type=int, default=50000, help="training-set size (bank / W rows)")
+    parser.add_argument("--width", type=int, default=64, help="ResNet18-CIFAR width (64 = paper)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=[m for m, c in METHODS.items() if c.trainable])
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    cfg = load_config(None, [f"model.width={args.width}", f"train.device={args.device}"])
+    cuda = device.type == "cuda"
+    print(f"device: {torch.cuda.get_device_name(device) if cuda else f'CPU ({torch.get_num_threads()} threads)'}; "
+          f"torch {torch.__version__}; batch {args.batch_size}; bank/W rows {args.instances}; "
+          f"{'bf16 autocast + channels_last' if cuda else 'float32'}")
+    rows = []
+    for name in args.methods:
+        cfg.method.name = name
+        torch.manual_seed(0)
+        method = build_method(cfg, build_model(cfg.model), args.instances).to(device)
+        if cuda:
+            method.encoder.to(memory_format=torch.channels_last)
+            method.input_memory_format = torch.channels_last
+        optimizer = build_optimizer(method.parameters(), cfg.optim)
+        method.train()
+        views = torch.randn(method.views, args.batch_size, 3, 32, 32, device=device)
+        index = torch.randperm(args.instances, device=device)[:args.batch_size]
+        step_s = timed(lambda: train_step(method, optimizer, views, index, cuda), args.steps, device, args.warmup)
+
+        def encoder_only():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss = method.embed(views).float().sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+
+        encoder_s = timed(encoder_only, args.steps, device, args.warmup)
+        rows.append((name, method.views, method.views * args.batch_size, step_s, encoder_s,
+                     step_s * (args.instances // args.batch_size)))
+        del method, optimizer
+
+    header = (f"{'method':14s} {'views':>5s} {'images/step':>11s} {'s/step':>8s} {'encoder s':>10s} "
+              f"{'method overhead':>16s} {'s/epoch':>9s}")
+    print(header)
+    print("-" * len(header))
+    for name, v, images, step_s, encoder_s, epoch_s in rows:
+        print(f"{name:14s} {v:5d} {images:11d} {step_s:8.3f} {encoder_s:10.3f} {step_s - encoder_s:+16.3f} "
+              f"{epoch_s:9.1f}")
+
+
+if __name__ == "__main__":
+    main()

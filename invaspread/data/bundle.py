@@ -1,0 +1,67 @@
+"""What a data-set reader returns (``DataBundle``) and the torch ``Dataset`` views of an image source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .sources import first_per_class
+
+
+@dataclass
+class DataBundle:
+    train: object  # ArrayImages | FileImages; labels, if any, are never used for training
+    bank: Optional[object]  # labelled reference set (seen setting), evaluated with the eval transform
+    query: Optional[object]  # labelled test set
+    setting: str  # "seen" (kNN, linear) or "unseen" (Recall@K, NMI)
+    mean: Sequence[float] = ()  # Normalize values, filled in by build_data
+    std: Sequence[float] = ()
+
+
+def subset_per_class(source, n: Optional[int]):
+    """The first ``n`` images of every class of a labelled source (the source itself when n is None)."""
+    if n is None or source.labels is None:
+        return source
+    return source.subset(first_per_class(source.labels, n))
+
+
+def images_as_tensor(source) -> torch.Tensor:
+    """(N, 3, H, W) uint8 view of an in-memory source, for device-resident training data."""
+    return torch.from_numpy(source.images).permute(0, 3, 1, 2)
+
+
+class ViewsDataset(Dataset):
+    """Yields ``([view_1, ..., view_V], index)``: V independent augmentations of instance ``index``.
+
+    ``second_index`` (optional, length N) replaces the source image of views 2..V: the paper's
+    CUB-200 option draws it from the instance's nearest neighbour half of the time.
+    """
+
+    def __init__(self, source, transform, views: int = 2, second_index: Optional[np.ndarray] = None):
+        self.source, self.transform, self.views = source, transform, views
+        self.second_index = second_index
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        j = i if self.second_index is None else int(self.second_index[i])
+        first = self.transform(self.source.image(i))
+        return [first] + [self.transform(self.source.image(j)) for _ in range(self.views - 1)], i
+
+
+class EvalDataset(Dataset):
+    """Yields ``(image, index)`` with a deterministic evaluation transform."""
+
+    def __init__(self, source, transform):
+        self.source, self.transform = source, transform
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return self.transform(self.source.image(i)), i

@@ -1,0 +1,32 @@
+"""Triplet loss on the batch's two views (the paper's "Triplet" 57.5 and "Triplet (hard)" 78.4 rows):
+positives are the other view of the same instance, negatives a random or the closest other instance."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..losses import TripletLoss
+from .base import Method
+
+
+class Triplet(Method):
+    views = 2
+    negatives = "random"
+
+    def __init__(self, encoder: nn.Module, margin: float = 0.5):
+        super().__init__(encoder)
+        self.loss = TripletLoss(margin, self.negatives)
+
+    @classmethod
+    def from_config(cls, cfg, encoder, num_instances):
+        return cls(encoder, cfg.method.triplet.margin)
+
+    def training_step(self, views, index):
+        z = self.embed(views)                                  # (2, B, d)
+        return self.loss(z[0], z[1])
+
+
+class TripletHard(Triplet):
+    """Online batch-hard negative mining (Hermans et al. 2017)."""
+
+    negatives = "hard"

@@ -1,0 +1,6 @@
+"""Operations shared by training methods and evaluation: tensors in, tensors out, no data loading."""
+
+from .kmeans import kmeans
+from .similarity import cosine_topk
+
+__all__ = ["cosine_topk", "kmeans"]

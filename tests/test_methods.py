@@ -1,0 +1,142 @@
+"""The methods layer: one contract for every entry of ``METHODS`` (a training step, its state in the
+state_dict, exact resume after an interruption at an epoch boundary), and the command line."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import cifar10_archive
+from invaspread.cli import main
+from invaspread.config import CHOICES, ConfigError, load_config
+from invaspread.engine import trainer
+from invaspread.engine.checkpoint import load_checkpoint
+from invaspread.methods import METHODS, build_method
+from invaspread.models import build_model
+
+TRAINABLE = [name for name, cls in METHODS.items() if cls.trainable]
+
+
+def tiny_cfg(name, extra=()):
+    return load_config(None, ["model.width=8", "model.embedding_dim=16", "method.nce.noise=64", "data.image_size=16",
+                              "data.subset_per_class=20", "data.num_workers=0", "train.batch_size=32",
+                              "train.progress=false", "eval.knn_k=10", "optim.schedule=cosine",
+                              f"method.name={name}", "train.epochs=" + ("0" if name == "random" else "2"),
+                              *extra])
+
+
+def build(name, n=40, seed=0):
+    torch.manual_seed(seed)
+    cfg = tiny_cfg(name)
+    return build_method(cfg, build_model(cfg.model), n)
+
+
+def test_config_choices_are_the_registry():
+    assert set(CHOICES["method.name"]) == set(METHODS)
+
+
+def test_misplaced_method_settings_are_errors():
+    with pytest.raises(ConfigError, match="method.nce.margin"):
+        load_config(None, ["method.nce.margin=0.5"])
+    with pytest.raises(ConfigError, match="--epochs 0"):
+        load_config(None, ["method.name=random"])
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_training_step_is_finite_and_moves_every_trained_state(name):
+    method = build(name)
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    views = torch.randn(method.views, 8, 3, 16, 16)
+    index = torch.tensor([3, 17, 0, 39, 22, 5, 11, 30])
+    loss = trainer.train_step(method, optimizer, views, index, bf16=False)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    after = method.state_dict()
+    assert not torch.equal(before["encoder.head.weight"], after["encoder.head.weight"])
+    if name in ("npsoftmax", "nce"):
+        changed = (before["bank.features"] != after["bank.features"]).any(1).nonzero().flatten()
+        assert sorted(changed.tolist()) == sorted(index.tolist()), "exactly the batch's bank rows move"
+    if name == "nce":
+        assert after["z"].item() > 0
+    if name == "exemplar":
+        assert not torch.equal(before["weights"], after["weights"])
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_state_dict_round_trip_includes_the_methods_own_state(name):
+    a, b = build(name, seed=0), build(name, seed=1)
+    if a.trainable:
+        optimizer = torch.optim.SGD(a.parameters(), lr=0.1)
+        trainer.train_step(a, optimizer, torch.randn(a.views, 4, 3, 16, 16), torch.arange(4), bf16=False)
+    own = trainer.method_checkpoint_state(a)
+    expected = {"exemplar": {"weights"}, "npsoftmax": {"bank.features"}, "nce": {"bank.features", "z"}}
+    assert set(own) == expected.get(name, set())
+    state = {"model": a.encoder.state_dict(), "method": own}
+    trainer.load_method_state(b, state)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_interrupted_then_resumed_run_equals_uninterrupted_run(name, tmp_path, monkeypatch):
+    """Stop a run right after its first checkpoint (as a kill at an epoch boundary would), resume it,
+    and compare every piece of state: encoder, the method's banks/weights/constants, optimizer."""
+    cfg = tiny_cfg(name)
+    trainer.fit(cfg, tmp_path / "full", log=lambda s: None)
+
+    real_save = trainer.save_checkpoint
+
+    def save_then_stop(state, path):
+        real_save(state, path)
+        raise Interrupted
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupted):
+        trainer.fit(cfg, tmp_path / "cut", log=lambda s: None)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
+    trainer.fit(None, tmp_path / "cut", resume=True, log=lambda s: None)
+
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert a["epoch"] == b["epoch"] == 2
+    for part in ("model", "method"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for pid, slot in a["optimizer"]["state"].items():
+        for key, value in slot.items():
+            assert torch.equal(value, b["optimizer"]["state"][pid][key]), (pid, key)
+    lines = [json.loads(ln)["epoch"] for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [0, 1, 2]
+
+
+def test_random_method_evaluates_the_untrained_network_and_leaves_a_checkpoint(tmp_path):
+    last = trainer.fit(tiny_cfg("random"), tmp_path / "random", log=lambda s: None)
+    assert last["epoch"] == 0 and 0 <= last["knn_top1"] <= 100
+    state = load_checkpoint(tmp_path / "random")
+    torch.manual_seed(0)
+    fresh = build_model(tiny_cfg("random").model)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state["model"][key]), "the evaluated network is the seed's initialisation"
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_cifar10_command_runs_every_method(name, cifar_cache, tmp_path, capsys):
+    """``invaspread train --config cifar10 --set method.name=NAME``: the full-width ResNet18 of the
+    bundled config, one step of 128 instances on a 130-image subset."""
+    args = ["train", "--config", "cifar10", "--data-dir", str(cifar10_archive()), "--set", f"method.name={name}",
+            "--epochs", "0" if name == "random" else "1", "--out", str(tmp_path / name),
+            "--set", "data.subset_per_class=13", "--set", "data.test_subset_per_class=5",
+            "--set", f"data.cache_dir={cifar_cache}", "--set", "train.progress=false", "--set", "data.num_workers=0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"method {name}" in out
+    lines = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == ([0] if name == "random" else [0, 1])
+    assert all(0 <= ln["knn_top1"] <= 100 for ln in lines)
+    if name != "random":
+        assert lines[-1]["loss"] == lines[-1]["loss"]  # finite, not NaN
