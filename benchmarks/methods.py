@@ -62,7 +62,7 @@ def main():
         method = build_method(cfg, build_model(cfg.model), args.instances).to(device)
         if cuda:
             method.encoder.to(memory_format=torch.channels_last)
-            method.input_memory_format = torch.channels_last
+            method.configure_forward(torch.channels_last)
         optimizer = build_optimizer(method.parameters(), cfg.optim)
         method.train()
         views = torch.randn(method.views, args.batch_size, 3, 32, 32, device=device)

@@ -50,7 +50,7 @@ def time_training(cfg, bundle, batches, steps, device, compile_model):
     method = build_method(cfg, build_model(cfg.model), len(bundle.train)).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         method.encoder.to(memory_format=torch.channels_last)
-        method.input_memory_format = torch.channels_last
+        method.configure_forward(torch.channels_last)
     if compile_model:
         method.encoder.compile()
     optimizer = build_optimizer(method.parameters(), cfg.optim)

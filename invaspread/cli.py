@@ -68,6 +68,28 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    """Print every key of a config with its value and meaning (``key: value  # meaning``, valid YAML)."""
+    import yaml
+
+    from .config import describe, load_config
+
+    cfg = load_config(resolve_config_path(args.name) if args.name else None, list(args.set or []))
+    print(f"# {args.name or 'defaults'}: every key, its value and what it means (--set section.key=value)")
+    opened: list = []  # the sections (and sub-sections) whose header is printed
+    for key, value, meaning in describe(cfg):
+        *parents, leaf = key.split(".")
+        common = 0
+        while common < min(len(opened), len(parents)) and opened[common] == parents[common]:
+            common += 1
+        for depth in range(common, len(parents)):
+            print(f"{'  ' * depth}{parents[depth]}:")
+        opened = parents
+        text = yaml.safe_dump({leaf: value}, default_flow_style=True, width=10_000).strip()[1:-1]
+        print(f"{'  ' * len(parents)}{text}" + (f"  # {meaning}" if meaning else ""))
+    return 0
+
+
 def cmd_eval(args) -> int:
     import torch
 
@@ -114,11 +136,17 @@ def cmd_embed(args) -> int:
     from .data.transforms import eval_transform, normalisation
     from .engine.features import extract_features
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise InvaspreadError(f"embed --out {out} is a folder; give a file name such as {out / 'embeddings.npz'}")
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")  # numpy would append it anyway: say where the file really is
+    if args.batch_size < 1:
+        raise InvaspreadError(f"embed --batch-size {args.batch_size}: expected a positive number")
     cfg, state, model, device = _load_run(args.run, _overrides(args))
     source = scan_image_folder(args.images)
     transform = eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)
     feats = extract_features(model, source, transform, args.batch_size, device, cfg.data.num_workers, progress=True)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if source.labels is None else {"labels": source.labels, "classes": np.asarray(source.classes)}
     np.savez(out, embeddings=feats.cpu().numpy(), paths=np.asarray(source.paths), **extra)
@@ -128,10 +156,13 @@ def cmd_embed(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="invaspread",
         description="Unsupervised embedding learning with invariant and spreading instance features "
                     "(Ye et al., CVPR 2019). Learns L2-normalised embeddings from unlabelled images.")
+    parser.add_argument("--version", action="version", version=f"invaspread {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -147,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/CONFIG-TIMESTAMP)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     train.set_defaults(func=cmd_train)
+
+    cf = sub.add_parser("config", help="print every config key with its value and meaning",
+                        description="Print a config (a bundled name, a YAML file, or the defaults) with every key, "
+                                    "its value and a one-line meaning. The output is valid YAML: save it, edit it "
+                                    "and pass it to train --config.")
+    cf.add_argument("name", nargs="?", help=f"bundled config ({', '.join(bundled_configs())}) or a YAML file")
+    cf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key first (repeatable)")
+    cf.set_defaults(func=cmd_config)
 
     ev = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
                         description="Evaluate a checkpoint with one of the paper's protocols: knn (Tables 1-2), "

@@ -37,8 +37,8 @@ class DataConfig:
     test_subset_per_class: Optional[int] = None  # same for the evaluation split
     in_memory: Optional[bool] = None  # decode every image once into RAM; null = when small enough
     num_workers: int = 2  # DataLoader workers for CPU augmentation
-    mean: Optional[List[float]] = None  # normalisation; null = the data set's usual values
-    std: Optional[List[float]] = None
+    mean: Optional[List[float]] = None  # normalisation mean per channel; null = the data set's usual values
+    std: Optional[List[float]] = None  # normalisation std per channel; null = the data set's usual values
     cache_dir: Optional[str] = None  # decoded-array cache (archives); null = ~/.cache/invaspread
 
 
@@ -58,7 +58,8 @@ class ModelConfig:
     arch: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | inception_v1
     width: int = 64  # resnet18_cifar only: channels of the first stage (64 = the paper's ResNet18)
     pool_window: Optional[int] = None  # resnet18_cifar only: null = global average pool; 7 = released STL-10 code
-    embedding_dim: int = 128
+    embedding_dim: int = 128  # size of the L2-normalised embedding (paper: 128)
+    bn_groups: int = 1  # BatchNorm statistics over all images of a step (1) or G chunks (released code: 4 GPUs)
     pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
 
 
@@ -74,7 +75,7 @@ class ExemplarConfig:
 class NPSoftmaxConfig:
     """Non-parametric softmax over a memory bank (Wu et al. 2018; paper Eq. 2)."""
 
-    temperature: float = 0.1
+    temperature: float = 0.1  # softmax temperature over the n bank entries
     momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
 
 
@@ -82,8 +83,8 @@ class NPSoftmaxConfig:
 class NCEConfig:
     """Noise-contrastive estimation over the same memory bank (Wu et al. 2018)."""
 
-    temperature: float = 0.1
-    momentum: float = 0.5
+    temperature: float = 0.1  # tau of P(i | f) = exp(v_i . f / tau) / Z
+    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
     noise: int = 4096  # K noise entries drawn uniformly per instance and step
 
 
@@ -91,7 +92,7 @@ class NCEConfig:
 class TripletConfig:
     """Triplet loss over the batch's two views (methods triplet and triplet_hard)."""
 
-    margin: float = 0.5  # paper Section 4.1
+    margin: float = 0.5  # m of max(0, d(a, p) - d(a, n) + m) (paper Section 4.1: 0.5)
 
 
 @dataclass
@@ -109,34 +110,34 @@ class MethodConfig:
 class LossConfig:
     """The InvaSpread loss (method.name=invaspread)."""
 
-    temperature: float = 0.1
+    temperature: float = 0.1  # tau of Eq. 3-4 (paper: 0.1)
     variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
     stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
-    positive: str = "augmentation"  # | "augmentation_or_neighbour": the paper's CUB-200 option (Sec. 4.2)
-    negatives: str = "all"  # | "hard" | "easy": Table 8's sampling of the most / least similar negatives
+    positive: str = "augmentation"  # "augmentation" | "augmentation_or_neighbour" (the paper's CUB-200 option, Sec. 4.2)
+    negatives: str = "all"  # "all" | "hard" | "easy": Table 8's sampling of the most / least similar negatives
     negative_fraction: float = 0.5  # share of negatives kept by "hard" / "easy"
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.03
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
+    lr: float = 0.03  # initial SGD learning rate (paper: 0.03)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 weight decay of every trained parameter
+    nesterov: bool = False  # Nesterov momentum
     schedule: str = "step"  # "step" (multiply by decay_factors at decay_epochs) | "cosine" | "constant"
-    decay_epochs: List[int] = field(default_factory=lambda: [120, 160])
-    decay_factors: List[float] = field(default_factory=lambda: [0.1, 0.01])
+    decay_epochs: List[int] = field(default_factory=lambda: [120, 160])  # step schedule: epochs of each decay
+    decay_factors: List[float] = field(default_factory=lambda: [0.1, 0.01])  # lr multiplier from each of them
     warmup_epochs: int = 0  # linear warm-up from 0, per step
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 200  # 0: evaluate the network as built (method random)
-    batch_size: int = 128  # instances per step; each step sees 2 x batch_size images
-    seed: int = 0
+    batch_size: int = 128  # instances per step; a step sees views x batch_size images (2 views: InvaSpread)
+    seed: int = 0  # seeds the network, the shuffling and the augmentation (runs are repeatable)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     bf16: bool = True  # bf16 autocast (CUDA only; CPU runs in float32)
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # channels_last memory format (CUDA only)
     compile: bool = False  # torch.compile the model (CUDA only)
     eval_every: int = 1  # kNN every N epochs (and always after the last); 0 = only at the end
     eval_at_start: bool = True  # also evaluate the untrained network (epoch 0)
@@ -145,10 +146,10 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = 200  # neighbours that vote in weighted kNN (paper: 200)
+    knn_temperature: float = 0.1  # vote weight exp(similarity / knn_temperature) (paper: 0.1)
     batch_size: int = 512  # images per forward pass when building feature banks
-    recall_ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    recall_ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])  # K of Recall@K (unseen categories)
 
 
 @dataclass
@@ -247,7 +248,8 @@ def validate(cfg: Config) -> Config:
     positive = {"loss.temperature": cfg.loss.temperature,
                 "data.image_size": cfg.data.image_size, "eval.knn_k": cfg.eval.knn_k,
                 "eval.knn_temperature": cfg.eval.knn_temperature, "model.embedding_dim": cfg.model.embedding_dim,
-                "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size}
+                "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size,
+                "model.bn_groups": cfg.model.bn_groups}
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"{key}={value!r}: expected a positive number")
@@ -298,6 +300,24 @@ def _flatten(values: dict, prefix: str, source: str):
             yield from _flatten(value, f"{prefix}.{key}", source)
         else:
             yield f"{prefix}.{key}", value
+
+
+def describe(cfg: Config):
+    """Yield (dotted key, value, one-line meaning) for every key of ``cfg``; the meanings are the comments
+    beside the fields in this file, so the help text cannot drift from the code."""
+    import inspect
+    import re
+
+    def walk(node, prefix):
+        comments = dict(re.findall(r"^\s+(\w+): [^#\n]*?(?:#\s*(.*))?$", inspect.getsource(type(node)), re.M))
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", value, comments.get(f.name, "")
+
+    yield from walk(cfg, "")
 
 
 def from_dict(data: dict, source: str = "") -> Config:

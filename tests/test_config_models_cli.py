@@ -6,6 +6,7 @@ import urllib.error
 
 import pytest
 import torch
+import yaml
 
 from invaspread.cli import bundled_configs, main
 from invaspread.config import ConfigError, load_config
@@ -138,6 +139,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "did you mean 'train.epochs'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    assert main(["train", "--device", "gpu", "--out", str(tmp_path / "r3")]) == 2
+    assert "train.device='gpu': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    # a run that fails before training leaves no empty run folder behind
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r3").exists()
 
 
 def test_embed_command_writes_the_models_embeddings(tmp_path, capsys):
@@ -167,6 +172,14 @@ def test_embed_command_writes_the_models_embeddings(tmp_path, capsys):
         ref = model(torch.stack([t(Image.open(p).convert("RGB")) for p in z["paths"]])).numpy()
     np.testing.assert_allclose(z["embeddings"], ref, atol=1e-5)
 
+    capsys.readouterr()
+    assert main(["embed", str(tmp_path / "run"), "--images", str(images), "--out", str(tmp_path / "e4")]) == 0
+    assert (tmp_path / "e4.npz").is_file() and str(tmp_path / "e4.npz") in capsys.readouterr().out
+    assert main(["embed", str(tmp_path / "run"), "--images", str(images), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["embed", str(tmp_path / "run"), "--images", str(images), "--batch-size", "0"]) == 2
+    assert "--batch-size 0" in capsys.readouterr().err
+
 
 def test_released_stl10_pooling_averages_the_top_left_corner():
     model = build_model(load_config(None, ["model.width=8", "model.pool_window=7"]).model).eval()
@@ -178,3 +191,16 @@ def test_released_stl10_pooling_averages_the_top_left_corner():
     glob = build_model(load_config(None, ["model.width=8"]).model).eval()
     glob.load_state_dict(model.state_dict())
     torch.testing.assert_close(glob.pooled(x), fmap.mean((2, 3)))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cub200"])
+def test_config_command_prints_every_key_with_a_meaning_as_valid_yaml(name, capsys):
+    from invaspread.config import describe, from_dict
+
+    assert main(["config", name, "--set", "method.nce.noise=8"]) == 0
+    text = capsys.readouterr().out
+    expected = load_config(f"configs/{name}.yaml", ["method.nce.noise=8"])
+    assert from_dict(yaml.safe_load(text)) == expected          # the printout is the config, loadable as YAML
+    keys = [key for key, _, meaning in describe(expected)]
+    assert all(meaning for _, _, meaning in describe(expected)), "every key has a one-line meaning"
+    assert len([ln for ln in text.splitlines() if "  # " in ln]) == len(keys)

@@ -140,3 +140,28 @@ def test_cifar10_command_runs_every_method(name, cifar_cache, tmp_path, capsys):
     assert all(0 <= ln["knn_top1"] <= 100 for ln in lines)
     if name != "random":
         assert lines[-1]["loss"] == lines[-1]["loss"]  # finite, not NaN
+
+
+def test_bn_groups_normalise_each_chunk_and_keep_the_first_chunks_running_statistics():
+    """model.bn_groups=G: what DataParallel on G GPUs does with net(cat(v1, v2)) in the released code."""
+    import copy
+
+    method = build("invaspread")
+    method.train()
+    views = torch.randn(2, 6, 3, 16, 16)
+    reference = copy.deepcopy(method.encoder)
+    method.configure_forward(bn_groups=4)                      # 12 images -> 4 chunks of 3
+    out = method.embed(views)
+    flat = views.reshape(12, 3, 16, 16)
+    chunks = [reference(flat[:3])]                             # updates the reference's running statistics once
+    frozen = copy.deepcopy(reference)
+    chunks += [copy.deepcopy(frozen)(c) for c in flat[3:].chunk(3)]  # batch statistics, updates thrown away
+    torch.testing.assert_close(out, torch.cat(chunks).view(2, 6, -1))
+    for (name, a), b in zip(method.encoder.named_buffers(), reference.buffers()):
+        if "running" in name:
+            torch.testing.assert_close(a, b)
+    method.configure_forward(bn_groups=5)
+    with pytest.raises(ValueError, match="bn_groups=5"):
+        method.embed(views)
+    method.eval()                                              # evaluation is never split
+    torch.testing.assert_close(method.embed(views), method.encoder(flat).view(2, 6, -1))

@@ -29,14 +29,17 @@ def _embed_batches(model, batches, device, pooled: bool, autocast_dtype, channel
 
 def embed_uint8(model, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                 batch_size: int = 512, device=None, channels_last: bool = False,
-                autocast_dtype: Optional[torch.dtype] = None, pooled: bool = False) -> torch.Tensor:
+                autocast_dtype: Optional[torch.dtype] = None, pooled: bool = False, progress: bool = False) -> torch.Tensor:
     """Embed (N, 3, H, W) uint8 images with the ToTensor + Normalize evaluation transform, batched
     on ``device`` without any per-image Python work. Returns (N, d) float32 on ``device``."""
     device = torch.device(device or next(model.parameters()).device)
     mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    from tqdm.auto import tqdm
+
+    starts = tqdm(range(0, images.shape[0], batch_size), desc="features", disable=not progress, leave=False)
     batches = (images[s:s + batch_size].to(device, non_blocking=True).float().div_(255).sub_(mean_t).div_(std_t)
-               for s in range(0, images.shape[0], batch_size))
+               for s in starts)
     return _embed_batches(model, batches, device, pooled, autocast_dtype, channels_last)
 
 
@@ -64,7 +67,7 @@ def source_features(model, source, data_cfg, augment_cfg, mean, std, batch_size=
     if (images is not None and augment_cfg.recipe == "released" and images.shape[1] == size
             and images.shape[2] == size):
         return embed_uint8(model, images_as_tensor(source), mean, std, batch_size, device, channels_last,
-                           autocast_dtype, pooled)
+                           autocast_dtype, pooled, progress)
     transform = eval_transform(augment_cfg, size, mean, std, data_cfg.resize)
     workers = 0 if images is not None else data_cfg.num_workers
     return extract_features(model, source, transform, batch_size, device, workers, pooled, progress, autocast_dtype)

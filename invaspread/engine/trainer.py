@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,7 +36,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as err:
-        raise ConfigError(f"train.device={name!r}: {err}") from err
+        raise ConfigError(f"train.device={name!r}: expected auto, cpu, cuda or cuda:N") from err
 
 
 def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
@@ -103,8 +104,6 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     elif (out_dir / "last.pt").exists():
         raise ConfigError(f"{out_dir} already holds a run (last.pt); continue it with --resume {out_dir} "
                           f"or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
     device = resolve_device(cfg.train.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
@@ -112,9 +111,13 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     bundle = build_data(cfg.data, progress=cfg.train.progress)
     model = build_model(cfg.model)
     method = build_method(cfg, model, len(bundle.train)).to(device)
-    if cuda and cfg.train.channels_last:
+    channels_last = cuda and cfg.train.channels_last
+    if channels_last:
         method.encoder.to(memory_format=torch.channels_last)
-        method.input_memory_format = torch.channels_last
+    method.configure_forward(torch.channels_last if channels_last else torch.contiguous_format, cfg.model.bn_groups)
+    if (method.views * cfg.train.batch_size) % cfg.model.bn_groups:
+        raise ConfigError(f"model.bn_groups={cfg.model.bn_groups} must divide the {method.views} x "
+                          f"{cfg.train.batch_size} images of a step (method {cfg.method.name})")
     optimizer = build_optimizer(method.parameters(), cfg.optim)
     start_epoch = 0
     if state is not None:
@@ -130,6 +133,9 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     epochs = cfg.train.epochs
     batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size,
                            device) if epochs > start_epoch else None
+    # the run folder appears only once data, model and batches are built: a bad setting leaves nothing behind
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
     log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
         f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training"))
 
@@ -160,10 +166,19 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         return source_features(method.encoder, bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std,
                                cfg.eval.batch_size, device, pooled=pooled)
 
+    # a bar redrawn with carriage returns only helps a terminal; redirected logs get the epoch lines alone
+    show_progress = cfg.train.progress and sys.stderr.isatty()
+    if show_progress and not cuda and epochs > start_epoch and len(bundle.train) > 20000:
+        log(f"note: {len(bundle.train)} images on the CPU take hours per epoch at full width; for a quick look "
+            f"train a subset and a narrower network, e.g. --set data.subset_per_class=500 --set model.width=16")
     last = {} if state is None else dict(state.get("metrics", {}))
     if start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
-        last = {"epoch": 0, **evaluate(method.encoder, bundle, cfg, device, nmi=epochs == 0)}
-        write(last)
+        result = evaluate(method.encoder, bundle, cfg, device, progress=show_progress)
+        last = {"epoch": 0, **result}
+        if result:
+            write(last)
+        else:
+            log("epoch 0: nothing to evaluate (no labelled test images; for an image folder set data.test_root)")
         if epochs == 0:  # an evaluate-only run (method random) still leaves a checkpoint for eval / embed
             checkpoint(0, cfg.optim.lr, last)
     from tqdm.auto import tqdm
@@ -175,14 +190,17 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         total_loss = torch.zeros((), device=device)
         steps = len(batches)
         stream = batches.epoch(cfg.train.seed, epoch, method.views, method.second_view_index())
-        bar = tqdm(stream, total=steps, desc=f"epoch {epoch}/{epochs}", disable=not cfg.train.progress, leave=False)
+        bar = tqdm(stream, total=steps, desc=f"epoch {epoch}/{epochs}", disable=not show_progress, leave=False)
         for step, (views, index) in enumerate(bar):
             lr = learning_rate(cfg.optim, epochs, epoch - 1 + step / steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = train_step(method, optimizer, views, index, cfg.train.bf16)
             total_loss += loss
-            if cfg.train.progress and step % 20 == 0:
+            if step == 0 and epoch == start_epoch + 1 and not cuda:
+                first = time.perf_counter() - t0
+                log(f"first step: {first:.1f}s on the CPU, about {first * steps / 60:.1f} min per epoch")
+            if show_progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
         if cuda:
             torch.cuda.synchronize(device)
@@ -193,7 +211,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
                 "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}
         if due(epoch):
-            last.update(evaluate(method.encoder, bundle, cfg, device, nmi=epoch == epochs))
+            last.update(evaluate(method.encoder, bundle, cfg, device, nmi=epoch == epochs, progress=show_progress))
         write(last)
         checkpoint(epoch, lr, last)
     return last

@@ -35,15 +35,40 @@ class Method(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
-        # channels_last on CUDA is set by the trainer; the views arrive as (V, B, C, H, W)
-        self.input_memory_format = torch.contiguous_format
+        self.configure_forward()
+
+    def configure_forward(self, memory_format=torch.contiguous_format, bn_groups: int = 1) -> None:
+        """How ``embed`` feeds the encoder (set by the trainer): the input memory format (channels_last on
+        CUDA) and ``bn_groups`` (``model.bn_groups``): BatchNorm statistics over all V x B images (1), or
+        over G equal chunks of them, the running statistics taken from the first chunk only -- what the
+        released code's ``DataParallel`` on 4 GPUs does with ``net(cat(v1, v2))`` (G = 4)."""
+        self.input_memory_format, self.bn_groups = memory_format, int(bn_groups)
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """(V, B, 3, H, W) -> (V, B, d): all V x B images in one forward pass, so BatchNorm sees every
-        view of the batch together (as the released code's ``net(cat(v1, v2))``)."""
+        view of the batch together (with ``bn_groups`` > 1: G chunks, see ``configure_forward``)."""
         v, b = views.shape[:2]
         x = views.reshape(v * b, *views.shape[2:]).contiguous(memory_format=self.input_memory_format)
-        return self.encoder(x).view(v, b, -1)
+        if self.bn_groups == 1 or not self.training:
+            return self.encoder(x).view(v, b, -1)
+        if x.shape[0] % self.bn_groups:
+            raise ValueError(f"model.bn_groups={self.bn_groups} must divide the {x.shape[0]} images of a step")
+        outputs = [self.encoder(chunk) if i == 0 else self._without_running_stats(chunk)
+                   for i, chunk in enumerate(x.chunk(self.bn_groups))]
+        return torch.cat(outputs).view(v, b, -1)
+
+    def _without_running_stats(self, x: torch.Tensor) -> torch.Tensor:
+        """Forward in train mode (batch statistics) while every BatchNorm's running statistics stay put,
+        like the replicas on GPUs 1..3 of ``DataParallel``, whose buffer updates are discarded."""
+        norms = [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in norms]
+        for m in norms:
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+        try:
+            return self.encoder(x)
+        finally:
+            for m, momentum in zip(norms, saved):
+                m.momentum = momentum
 
     def training_step(self, views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The scalar loss of one batch: views (V, B, 3, H, W) of the instances ``index`` (B,) int64."""
