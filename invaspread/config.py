@@ -60,6 +60,7 @@ class ModelConfig:
     pool_window: Optional[int] = None  # resnet18_cifar only: null = global average pool; 7 = released STL-10 code
     embedding_dim: int = 128  # size of the L2-normalised embedding (paper: 128)
     bn_groups: int = 1  # BatchNorm statistics over all images of a step (1) or G chunks (released code: 4 GPUs)
+    frozen_bn: Optional[bool] = None  # BatchNorm keeps its running statistics in training; null = when pretrained
     pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
 
 
@@ -114,8 +115,8 @@ class LossConfig:
     variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
     stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
     positive: str = "augmentation"  # "augmentation" | "augmentation_or_neighbour" (the paper's CUB-200 option, Sec. 4.2)
-    negatives: str = "all"  # "all" | "hard" | "easy": Table 8's sampling of the most / least similar negatives
-    negative_fraction: float = 0.5  # share of negatives kept by "hard" / "easy"
+    negatives: str = "all"  # "all" | "hard" | "easy" | "released": Table 8's sampling (README, Table 8)
+    negative_fraction: float = 0.5  # share of negatives kept by "hard" / "easy" / "released"
 
 
 @dataclass
@@ -175,7 +176,7 @@ CHOICES = {
     "method.name": ("invaspread", "random", "exemplar", "npsoftmax", "nce", "triplet", "triplet_hard"),
     "loss.variant": ("reference", "paper"),
     "loss.positive": ("augmentation", "augmentation_or_neighbour"),
-    "loss.negatives": ("all", "hard", "easy"),
+    "loss.negatives": ("all", "hard", "easy", "released"),
     "optim.schedule": ("step", "cosine", "constant"),
 }
 

@@ -4,7 +4,7 @@ trainings are in test_integration_cifar.py).
 
 Setting (shared by all methods, one decode of the subset for the whole session): 100 training images per
 class (n = 1,000 instances, no labels used), 300 test images per class as kNN queries (3,000), a ResNet18
-of width 8, 64 instances per step, SGD lr 0.03 with cosine decay, on-device augmentation (the fast path,
+of width 8, 64 instances per step (16 for Triplet (hard)), SGD lr 0.03 with cosine decay, on-device augmentation (the fast path,
 on the CPU). kNN k = 50.
 
 Noise: initialisation and trained model are scored on the same 3,000 queries, so the difference is a
@@ -25,17 +25,19 @@ from invaspread.engine.trainer import fit
 pytestmark = pytest.mark.integration
 
 MARGIN = 3.0
-# method -> epochs. NCE and Triplet (hard) are absent: at this scale neither beats its initialisation
-# (measured, see the README's Table 1 section), so no setting here would be an honest test of learning.
-EPOCHS = {"exemplar": 40, "npsoftmax": 60, "triplet": 20}
+# method -> (epochs, instances per step). Triplet (hard) trains on 16 instances per step: at 64 and 128 the
+# hardest of 126 / 254 negatives of this tiny network collapses it (loss -> margin, kNN below init; measured,
+# README "Table 1"), at 16 the mining learns. NCE is absent: at this scale it diverges whatever we tried
+# (README), so no setting here would be an honest test of learning.
+SETTINGS = {"exemplar": (40, 64), "npsoftmax": (60, 64), "triplet": (20, 64), "triplet_hard": (12, 16)}
 
 
-@pytest.mark.parametrize("name", list(EPOCHS))
+@pytest.mark.parametrize("name", list(SETTINGS))
 def test_method_learns_on_cifar10_subset(name, cifar_cache, tmp_path):
-    epochs = EPOCHS[name]
+    epochs, batch_size = SETTINGS[name]
     overrides = [f"data.root={cifar10_archive()}", f"data.cache_dir={cifar_cache}", "data.subset_per_class=100",
                  "data.test_subset_per_class=300", "data.num_workers=0", "augment.on_device=true",
-                 "model.width=8", "train.batch_size=64", f"train.epochs={epochs}", "train.eval_every=0",
+                 "model.width=8", f"train.batch_size={batch_size}", f"train.epochs={epochs}", "train.eval_every=0",
                  "train.progress=false", "optim.schedule=cosine", "optim.lr=0.03", "eval.knn_k=50",
                  f"method.name={name}"]
     cfg = load_config("configs/cifar10.yaml", overrides)

@@ -221,6 +221,40 @@ def test_hard_and_easy_negatives_match_naive_loop(negatives, n, fraction):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
 
 
+def naive_released_hard(z1, z2, tau, neg_m):
+    """The released code's first-commit BatchCriterion, negM < 1 branch, one scalar at a time: exp scores with
+    detached keys, per anchor the int(2 N negM) largest negatives kept, the negative log terms weighted by negM,
+    the sum divided by (kept + 1)."""
+    n = z1.shape[0]
+    x = torch.cat([z1, z2])
+    key = x.detach()
+    neg_num = int(2 * n * neg_m)
+    log_pos, log_neg = 0.0, 0.0
+    for a in range(2 * n):
+        p = (a + n) % (2 * n)
+        e = {k: torch.exp(torch.dot(key[k], x[a]) / tau) for k in range(2 * n) if k != a}
+        kept = sorted((j for j in e if j != p), key=lambda j: e[j].item(), reverse=True)[:neg_num]
+        div = e[p] + sum(e[j] for j in kept)
+        log_pos = log_pos + torch.log(e[p] / div)
+        for j in kept:
+            log_neg = log_neg + torch.log(1 - e[j] / div)
+    return -(log_pos + neg_m * log_neg) / (neg_num + 1)
+
+
+@pytest.mark.parametrize("n,fraction", [(4, 0.5), (6, 0.5), (5, 0.3)])
+def test_released_hard_negatives_match_the_released_criterion(n, fraction):
+    z1, z2 = random_views(n, 8, seed=n + 1)
+    ours_in = [z.clone().requires_grad_(True) for z in (z1, z2)]
+    ref_in = [z.clone().requires_grad_(True) for z in (z1, z2)]
+    ours = InvaSpreadLoss(0.1, "reference", True, negatives="released", negative_fraction=fraction)(*ours_in)
+    ref = naive_released_hard(*ref_in, 0.1, fraction)
+    ours.backward()
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-10)
+    for a, b in zip(ours_in, ref_in):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_all_negatives_equals_fraction_one():
     z1, z2 = random_views(5, 8, seed=9, dtype=torch.float32)
     full = InvaSpreadLoss(0.1)(z1, z2)

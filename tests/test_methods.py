@@ -124,6 +124,7 @@ def test_random_method_evaluates_the_untrained_network_and_leaves_a_checkpoint(t
         assert torch.equal(value, state["model"][key]), "the evaluated network is the seed's initialisation"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", list(METHODS))
 def test_cifar10_command_runs_every_method(name, cifar_cache, tmp_path, capsys):
     """``invaspread train --config cifar10 --set method.name=NAME``: the full-width ResNet18 of the
@@ -165,3 +166,21 @@ def test_bn_groups_normalise_each_chunk_and_keep_the_first_chunks_running_statis
         method.embed(views)
     method.eval()                                              # evaluation is never split
     torch.testing.assert_close(method.embed(views), method.encoder(flat).view(2, 6, -1))
+
+
+def test_frozen_bn_keeps_running_statistics_through_training_steps():
+    method = build("invaspread")
+    method.configure_forward(frozen_bn=True)
+    method.train()
+    norms = [m for m in method.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(not m.training for m in norms) and method.encoder.head.training
+    stats = {k: v.clone() for k, v in method.encoder.state_dict().items() if "running" in k or "num_batches" in k}
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.1)
+    weight = norms[0].weight.detach().clone()
+    trainer.train_step(method, optimizer, torch.randn(2, 6, 3, 16, 16), torch.arange(6), bf16=False)
+    for key, value in stats.items():
+        assert torch.equal(value, method.encoder.state_dict()[key]), key
+    assert not torch.equal(weight, norms[0].weight), "the affine weights still train"
+    method.configure_forward(frozen_bn=False)
+    assert all(m.training for m in norms)
+

@@ -143,3 +143,20 @@ def test_linear_protocol_never_updates_the_backbone(tmp_path):
     result = evaluate(model, build_data(cfg.data, progress=False), cfg, torch.device("cpu"), "linear")
     assert 0 <= result["linear_top1"] <= 100
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_unlabelled_run_says_there_is_nothing_to_evaluate(tmp_path):
+    """A flat folder of images (no classes, no test_root): no bare 'epoch=0' line, a sentence instead."""
+    from conftest import coloured_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(40):
+        coloured_image(i % 4, i, (32, 32)).save(folder / f"{i:03d}.png")
+    cfg = load_config(None, ["data.name=image_folder", f"data.root={folder}", "model.width=8", "train.epochs=1",
+                             "train.batch_size=16", "data.num_workers=0", "train.progress=false"])
+    log = []
+    fit(cfg, tmp_path / "run", log=log.append)
+    assert "epoch=0" not in log and any("nothing to evaluate" in line for line in log)
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [1] and "loss" in lines[0]

@@ -114,7 +114,9 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     channels_last = cuda and cfg.train.channels_last
     if channels_last:
         method.encoder.to(memory_format=torch.channels_last)
-    method.configure_forward(torch.channels_last if channels_last else torch.contiguous_format, cfg.model.bn_groups)
+    frozen_bn = cfg.model.pretrained if cfg.model.frozen_bn is None else cfg.model.frozen_bn
+    method.configure_forward(torch.channels_last if channels_last else torch.contiguous_format, cfg.model.bn_groups,
+                             frozen_bn)
     if (method.views * cfg.train.batch_size) % cfg.model.bn_groups:
         raise ConfigError(f"model.bn_groups={cfg.model.bn_groups} must divide the {method.views} x "
                           f"{cfg.train.batch_size} images of a step (method {cfg.method.name})")

@@ -35,7 +35,7 @@ from torch import nn
 from .precision import at_least_float32
 
 VARIANTS = ("reference", "paper")
-NEGATIVES = ("all", "hard", "easy")
+NEGATIVES = ("all", "hard", "easy", "released")
 
 
 def log_one_minus_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -69,6 +69,9 @@ class InvaSpreadLoss(nn.Module):
         variant: ``"reference"`` (released code) or ``"paper"`` (Eq. 3-7 literally); see module doc.
         stop_gradient: detach the key / weight factor of every similarity (released code: True).
         negatives: ``"all"`` (default), or the sampling ablation of Table 8 (reference variant only):
+            ``"released"`` is the released code's hard branch (its first commit, ``BatchCriterion`` with
+            negM < 1): per anchor the m = int(2N f) most similar negatives are kept, their log(1 - Q) terms
+            are weighted by f and the sum is divided by m + 1 instead of 2N (f = ``negative_fraction``).
             ``"hard"`` keeps, per anchor, the ``negative_fraction`` most similar negatives, ``"easy"`` the
             least similar; the others leave both Z_a and the sum over j. The selection carries no gradient.
         negative_fraction: share of the 2N - 2 negatives kept by "hard" / "easy" (paper: 50%).
@@ -133,13 +136,21 @@ class InvaSpreadLoss(nn.Module):
             logits = logits.masked_fill(~(is_negative | is_positive), float("-inf"))
         log_p = logits.gather(1, positive[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         log_not_q = log_one_minus_softmax(logits).masked_fill(~is_negative, 0.0)
+        if self.negatives == "released":
+            kept = self._kept(2 * n)
+            return -(log_p.sum() + self.negative_fraction * log_not_q.sum()) / (kept + 1)
         return -(log_p.sum() + log_not_q.sum()) / (2 * n)
+
+    def _kept(self, rows: int) -> int:
+        """Negatives kept per anchor among rows - 2: round(f (2N - 2)); the released code: int(2N f)."""
+        total = rows - 2
+        m = int(self.negative_fraction * rows) if self.negatives == "released" else round(self.negative_fraction * total)
+        return min(total, max(1, m))
 
     def _select_negatives(self, logits: torch.Tensor, is_negative: torch.Tensor) -> torch.Tensor:
         """Mask of the kept negatives: per row the m most (hard) or least (easy) similar ones."""
-        total = logits.shape[1] - 2
-        m = min(total, max(1, round(self.negative_fraction * total)))
-        hard = self.negatives == "hard"
+        m = self._kept(logits.shape[1])
+        hard = self.negatives != "easy"
         candidates = logits.masked_fill(~is_negative, float("-inf") if hard else float("inf"))
         picked = candidates.topk(m, dim=1, largest=hard).indices
         return torch.zeros_like(is_negative).scatter_(1, picked, True)

@@ -37,19 +37,31 @@ class Method(nn.Module):
         self.encoder = encoder
         self.configure_forward()
 
-    def configure_forward(self, memory_format=torch.contiguous_format, bn_groups: int = 1) -> None:
+    def configure_forward(self, memory_format=torch.contiguous_format, bn_groups: int = 1,
+                          frozen_bn: bool = False) -> None:
         """How ``embed`` feeds the encoder (set by the trainer): the input memory format (channels_last on
-        CUDA) and ``bn_groups`` (``model.bn_groups``): BatchNorm statistics over all V x B images (1), or
+        CUDA); ``bn_groups`` (``model.bn_groups``): BatchNorm statistics over all V x B images (1), or
         over G equal chunks of them, the running statistics taken from the first chunk only -- what the
-        released code's ``DataParallel`` on 4 GPUs does with ``net(cat(v1, v2))`` (G = 4)."""
-        self.input_memory_format, self.bn_groups = memory_format, int(bn_groups)
+        released code's ``DataParallel`` on 4 GPUs does with ``net(cat(v1, v2))`` (G = 4);
+        ``frozen_bn`` (``model.frozen_bn``): BatchNorm layers normalise with their (pretrained) running
+        statistics and never update them, also in training; their affine weights still train."""
+        self.input_memory_format, self.bn_groups, self.frozen_bn = memory_format, int(bn_groups), bool(frozen_bn)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        if mode and getattr(self, "frozen_bn", False):
+            for m in self.encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """(V, B, 3, H, W) -> (V, B, d): all V x B images in one forward pass, so BatchNorm sees every
         view of the batch together (with ``bn_groups`` > 1: G chunks, see ``configure_forward``)."""
         v, b = views.shape[:2]
         x = views.reshape(v * b, *views.shape[2:]).contiguous(memory_format=self.input_memory_format)
-        if self.bn_groups == 1 or not self.training:
+        if self.bn_groups == 1 or not self.training or self.frozen_bn:
             return self.encoder(x).view(v, b, -1)
         if x.shape[0] % self.bn_groups:
             raise ValueError(f"model.bn_groups={self.bn_groups} must divide the {x.shape[0]} images of a step")
