@@ -184,3 +184,31 @@ def test_frozen_bn_keeps_running_statistics_through_training_steps():
     method.configure_forward(frozen_bn=False)
     assert all(m.training for m in norms)
 
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_batches_yield_views_of_each_instance_and_of_its_second_index(on_device):
+    """(V, B, 3, H, W) views and (B,) indices, for V = 1 and 3; views 2..V come from second_index[i]."""
+    import numpy as np
+
+    from invaspread.data.sources import ArrayImages
+    from invaspread.engine.batches import make_batches
+
+    # image i is a flat colour i: with every augmentation off, a view is the normalised image itself
+    images = np.stack([np.full((8, 8, 3), 10 * i, np.uint8) for i in range(12)])
+    cfg = load_config(None, ["data.image_size=8", "augment.crop=false", "augment.color_jitter=0",
+                             "augment.grayscale_p=0", "augment.flip=false", f"augment.on_device={str(on_device).lower()}",
+                             "data.num_workers=0"])
+    batches = make_batches(ArrayImages(images), cfg.data, cfg.augment, (0, 0, 0), (1, 1, 1), 4, torch.device("cpu"))
+    second = torch.tensor([(i + 1) % 12 for i in range(12)])
+    seen = []
+    for views, index in batches.epoch(0, 1, views=3, second_index=second):
+        assert views.shape == (3, 4, 3, 8, 8) and index.shape == (4,)
+        level = views[:, :, 0, 0, 0] * 255 / 10                         # (V, B): the source image of each view
+        torch.testing.assert_close(level[0], index.float(), atol=1e-3, rtol=0)
+        for v in (1, 2):
+            torch.testing.assert_close(level[v], second[index].float(), atol=1e-3, rtol=0)
+        seen += index.tolist()
+    assert sorted(seen) == list(range(12))
+    one, index = next(iter(batches.epoch(0, 2, views=1)))
+    assert one.shape == (1, 4, 3, 8, 8)

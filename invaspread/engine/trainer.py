@@ -108,7 +108,9 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
 
-    bundle = build_data(cfg.data, progress=cfg.train.progress)
+    # a bar redrawn with carriage returns only helps a terminal; redirected logs get the epoch lines alone
+    show_progress = cfg.train.progress and sys.stderr.isatty()
+    bundle = build_data(cfg.data, progress=show_progress)
     model = build_model(cfg.model)
     method = build_method(cfg, model, len(bundle.train)).to(device)
     channels_last = cuda and cfg.train.channels_last
@@ -168,11 +170,10 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         return source_features(method.encoder, bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std,
                                cfg.eval.batch_size, device, pooled=pooled)
 
-    # a bar redrawn with carriage returns only helps a terminal; redirected logs get the epoch lines alone
-    show_progress = cfg.train.progress and sys.stderr.isatty()
-    if show_progress and not cuda and epochs > start_epoch and len(bundle.train) > 20000:
-        log(f"note: {len(bundle.train)} images on the CPU take hours per epoch at full width; for a quick look "
-            f"train a subset and a narrower network, e.g. --set data.subset_per_class=500 --set model.width=16")
+    if not cuda and epochs > start_epoch and len(bundle.train) > 20000:
+        log(f"note: {len(bundle.train)} images on the CPU take an hour or more per epoch at full width on 2 cores "
+            f"(the third step prints the estimate); for a quick look train a subset and a narrower network, e.g. "
+            f"--set data.subset_per_class=500 --set model.width=16")
     last = {} if state is None else dict(state.get("metrics", {}))
     if start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
         result = evaluate(method.encoder, bundle, cfg, device, progress=show_progress)
@@ -199,9 +200,14 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
                 group["lr"] = lr
             loss = train_step(method, optimizer, views, index, cfg.train.bf16)
             total_loss += loss
-            if step == 0 and epoch == start_epoch + 1 and not cuda:
-                first = time.perf_counter() - t0
-                log(f"first step: {first:.1f}s on the CPU, about {first * steps / 60:.1f} min per epoch")
+            if epoch == start_epoch + 1 and not cuda and step in (0, 2) and steps > 3:
+                # on the CPU, say early what an epoch will cost (the first step also starts the loader)
+                if step == 0:
+                    first_done = time.perf_counter()
+                else:
+                    per_step = (time.perf_counter() - first_done) / 2
+                    log(f"CPU: {per_step:.2f}s per step, about {(first_done - t0 + per_step * (steps - 1)) / 60:.1f} "
+                        f"min per epoch")
             if show_progress and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
         if cuda:
