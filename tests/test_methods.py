@@ -212,3 +212,22 @@ def test_batches_yield_views_of_each_instance_and_of_its_second_index(on_device)
     assert sorted(seen) == list(range(12))
     one, index = next(iter(batches.epoch(0, 2, views=1)))
     assert one.shape == (1, 4, 3, 8, 8)
+
+
+def test_init_from_starts_from_another_runs_network_with_frozen_batchnorm(tmp_path):
+    cfg = tiny_cfg("invaspread", ["train.epochs=1"])
+    trainer.fit(cfg, tmp_path / "pre", log=lambda s: None)
+    pre = load_checkpoint(tmp_path / "pre")["model"]
+    tuned = tiny_cfg("invaspread", ["train.epochs=1", f"model.init_from={tmp_path / 'pre'}", "train.eval_at_start=true",
+                                    "optim.lr=0.0"])
+    log = []
+    trainer.fit(tuned, tmp_path / "tuned", log=log.append)
+    after = load_checkpoint(tmp_path / "tuned")["model"]
+    for key, value in pre.items():   # lr 0 and frozen BatchNorm statistics: nothing moves
+        assert torch.equal(value, after[key]), key
+    lines = [json.loads(ln) for ln in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()]
+    pre_lines = [json.loads(ln) for ln in (tmp_path / "pre" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["knn_top1"] == pre_lines[-1]["knn_top1"], "epoch 0 evaluates the initialising network"
+    wrong = tiny_cfg("invaspread", ["model.width=16", f"model.init_from={tmp_path / 'pre'}"])
+    with pytest.raises(ConfigError, match="does not fit"):
+        trainer.fit(wrong, tmp_path / "wrong", log=lambda s: None)

@@ -87,6 +87,16 @@ def load_method_state(method, state: dict) -> None:
     method.load_state_dict({**{f"encoder.{k}": v for k, v in state["model"].items()}, **state.get("method", {})})
 
 
+def load_encoder_weights(model, path) -> None:
+    """Initialise ``model`` with the network of another run (``model.init_from``): same architecture only."""
+    source = load_checkpoint(Path(path).expanduser())
+    try:
+        model.load_state_dict(source["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"model.init_from={path}: its network does not fit this model.* config ({first})") from err
+
+
 def _rng_state(device):
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -112,11 +122,14 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     show_progress = cfg.train.progress and sys.stderr.isatty()
     bundle = build_data(cfg.data, progress=show_progress)
     model = build_model(cfg.model)
+    if cfg.model.init_from and state is None:
+        load_encoder_weights(model, cfg.model.init_from)
     method = build_method(cfg, model, len(bundle.train)).to(device)
     channels_last = cuda and cfg.train.channels_last
     if channels_last:
         method.encoder.to(memory_format=torch.channels_last)
-    frozen_bn = cfg.model.pretrained if cfg.model.frozen_bn is None else cfg.model.frozen_bn
+    fine_tuning = cfg.model.pretrained or cfg.model.init_from is not None
+    frozen_bn = fine_tuning if cfg.model.frozen_bn is None else cfg.model.frozen_bn
     method.configure_forward(torch.channels_last if channels_last else torch.contiguous_format, cfg.model.bn_groups,
                              frozen_bn)
     if (method.views * cfg.train.batch_size) % cfg.model.bn_groups:

@@ -44,7 +44,8 @@ class Method(nn.Module):
         over G equal chunks of them, the running statistics taken from the first chunk only -- what the
         released code's ``DataParallel`` on 4 GPUs does with ``net(cat(v1, v2))`` (G = 4);
         ``frozen_bn`` (``model.frozen_bn``): BatchNorm layers normalise with their (pretrained) running
-        statistics and never update them, also in training; their affine weights still train."""
+        statistics and never update them, also in training; their affine weights still train. The trainer
+        freezes them by default when fine-tuning (``model.pretrained`` or ``model.init_from``)."""
         self.input_memory_format, self.bn_groups, self.frozen_bn = memory_format, int(bn_groups), bool(frozen_bn)
         self.train(self.training)
 
