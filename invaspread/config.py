@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -206,6 +207,11 @@ def _coerce(value: Any, tp, key: str):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -253,14 +259,20 @@ def validate(cfg: Config) -> Config:
                 "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size,
                 "model.bn_groups": cfg.model.bn_groups}
     for key, value in positive.items():
-        if not value > 0:
+        if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a positive number")
+    non_negative = {"optim.lr": cfg.optim.lr, "optim.momentum": cfg.optim.momentum,
+                    "optim.weight_decay": cfg.optim.weight_decay, "optim.warmup_epochs": cfg.optim.warmup_epochs,
+                    "data.num_workers": cfg.data.num_workers}
+    for key, value in non_negative.items():
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"{key}={value!r}: expected a finite number >= 0")
     method_positive = {"method.exemplar.temperature": cfg.method.exemplar.temperature,
                        "method.npsoftmax.temperature": cfg.method.npsoftmax.temperature,
                        "method.nce.temperature": cfg.method.nce.temperature, "method.nce.noise": cfg.method.nce.noise,
                        "method.triplet.margin": cfg.method.triplet.margin}
     for key, value in method_positive.items():
-        if not value > 0:
+        if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a positive number")
     for key, value in (("method.npsoftmax.momentum", cfg.method.npsoftmax.momentum),
                        ("method.nce.momentum", cfg.method.nce.momentum)):
@@ -345,6 +357,19 @@ def parse_override(text: str):
     return key.strip(), value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> Config:
     """Read ``path`` (YAML) if given, apply ``overrides`` (``section.key=value``), validate."""
     cfg = Config()
@@ -353,9 +378,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         if not p.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(p.read_text(), Loader=_StrictLoader) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from err
         cfg = from_dict(data, str(path))
     for text in overrides or []:
         key, value = parse_override(text)

@@ -70,10 +70,25 @@ def test_overrides_are_typed():
     ("loss.variant=memory", "loss.variant='memory': expected one of reference, paper"),
     ("optim.decay_factors=[0.1]", "same length"),
     ("train.epochs", "expected section.key=value"),
+    ("loss.temperature=.inf", "loss.temperature=inf: expected a positive number"),
+    ("method.nce.temperature=.inf", "expected a positive number"),
+    ("optim.warmup_epochs=-1", "optim.warmup_epochs=-1: expected a finite number >= 0"),
+    ("optim.lr=-0.1", "optim.lr=-0.1: expected a finite number >= 0"),
+    ("optim.weight_decay=-1", "expected a finite number >= 0"),
+    ("data.num_workers=-2", "data.num_workers=-2: expected a finite number >= 0"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, [override])
+
+
+def test_exponent_floats_and_duplicate_yaml_keys(tmp_path):
+    assert load_config(None, ["optim.lr=1e-3"]).optim.lr == 0.001      # YAML 1.1 reads 1e-3 as a string
+    p = tmp_path / "dup.yaml"
+    p.write_text("train:\n  epochs: 3\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match="dup.yaml is not valid YAML: duplicate key 'epochs'") as info:
+        load_config(str(p))
+    assert "\n" not in str(info.value)
 
 
 def test_unknown_key_in_yaml_names_file_and_key(tmp_path):

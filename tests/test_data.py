@@ -132,3 +132,48 @@ def test_finegrained_recipe_shapes():
     img = coloured_image(1, 0, (300, 280))
     assert train_transform(aug, 227, (0,) * 3, (1,) * 3, resize=256)(img).shape == (3, 227, 227)
     assert eval_transform(aug, 227, (0,) * 3, (1,) * 3, resize=256)(img).shape == (3, 227, 227)
+
+
+class _Payload:
+    """A planted 'batch' whose unpickling would create a file (a stand-in for os.system)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("planted", ["data_batch_3", "batches.meta"])
+def test_planted_cifar_batch_cannot_run_code(tmp_path, planted):
+    import pickle
+
+    from invaspread.data.sources import DataError, load_cifar10_python
+
+    root = write_cifar10_python(tmp_path / "c10", per_batch=2)
+    marker = tmp_path / "pwned"
+    with (root / "cifar-10-batches-py" / planted).open("wb") as fh:
+        pickle.dump({"data": _Payload(str(marker)), "labels": [0, 1], "label_names": _Payload(str(marker))}, fh)
+    with pytest.raises(DataError, match=f"{planted} is not a CIFAR-10 python batch.*refers to .*open"):
+        load_cifar10_python(root, train=True)
+    assert not marker.exists(), "the payload ran"
+    # the genuine files (numpy arrays, lists, strings) still load
+    root2 = write_cifar10_python(tmp_path / "ok", per_batch=3)
+    train = load_cifar10_python(root2, train=True)
+    assert train.images.shape == (15, 32, 32, 3) and train.classes[0] == "class0"
+
+
+def test_test_root_labels_follow_the_training_class_names(tmp_path):
+    """A test folder without class_1 keeps class_2's label as 2 (kNN against the training bank)."""
+    import shutil
+
+    train_root = write_image_folder(tmp_path / "train", [3, 3, 3])
+    test_root = write_image_folder(tmp_path / "test", [2, 2, 2])
+    shutil.rmtree(test_root / "class_1")
+    cfg = DataConfig(name="image_folder", root=str(train_root), test_root=str(test_root), image_size=16)
+    bundle = build_data(cfg, progress=False)
+    assert list(bundle.query.labels) == [0, 0, 2, 2] and bundle.query.classes == bundle.train.classes
+    (test_root / "class_9").mkdir()
+    coloured_image(9, 0).save(test_root / "class_9" / "0.png")
+    with pytest.raises(DataError, match="class_9 are not among the training classes"):
+        build_data(cfg, progress=False)

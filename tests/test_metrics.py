@@ -52,6 +52,31 @@ def test_knn_matches_brute_force(k, tau, chunk):
     assert acc["top5"] == pytest.approx(100 * np.mean(hits5))
 
 
+@pytest.mark.parametrize("tau", [0.01, 0.001])
+def test_knn_with_tiny_temperature_does_not_overflow(tau):
+    """exp(sim / 0.001) overflows float32 and float64: votes are compared in log space (per-class
+    log-sum-exp in float64 here, from scipy), so the prediction is the brute-force one."""
+    from scipy.special import logsumexp
+
+    x, y = clustered(600, 16, 6, 2.0, seed=4)
+    train, test, ty = x[:500], x[500:], y[:500]
+    tn = train / np.linalg.norm(train, axis=1, keepdims=True)
+    qn = test / np.linalg.norm(test, axis=1, keepdims=True)
+    expected = []
+    for q in qn:
+        sims = tn @ q
+        nearest = np.argsort(-sims, kind="stable")[:40]
+        scores = [logsumexp([sims[j] / tau for j in nearest if ty[j] == c]) if (ty[nearest] == c).any() else -np.inf
+                  for c in range(6)]
+        expected.append(int(np.argmax(scores)))
+    ours = knn_classify(torch.tensor(train), torch.tensor(ty), torch.tensor(test), k=40, temperature=tau,
+                        num_classes=6).numpy()
+    np.testing.assert_array_equal(ours, expected)
+    acc = knn_accuracy(torch.tensor(train), torch.tensor(ty), torch.tensor(test), torch.tensor(y[500:]), k=40,
+                       temperature=tau, num_classes=6)
+    assert acc["top1"] == pytest.approx(100 * np.mean(np.array(expected) == y[500:]))
+
+
 def test_knn_with_large_temperature_is_majority_vote_like_sklearn():
     # exp(sim / tau) -> 1 as tau -> inf: a plain majority vote, which KNeighborsClassifier computes.
     # Odd k and two classes so that no vote ties.

@@ -72,11 +72,24 @@ def _image_folder(cfg, progress):
     train = maybe_to_memory(subset_per_class(scan_image_folder(cfg.root), cfg.subset_per_class), cfg.in_memory, progress)
     bank = query = None
     if cfg.test_root is not None:
-        query = maybe_to_memory(subset_per_class(scan_image_folder(cfg.test_root, labelled=True), cfg.test_subset_per_class),
-                                cfg.in_memory, progress)
+        query = scan_image_folder(cfg.test_root, labelled=True)
         if train.labels is not None:
             bank = train
+            query.labels = _labels_by_class_name(query, train.classes, cfg.test_root)
+            query.classes = train.classes
+        query = maybe_to_memory(subset_per_class(query, cfg.test_subset_per_class), cfg.in_memory, progress)
     return DataBundle(train, bank, query, "seen")
+
+
+def _labels_by_class_name(query, train_classes, test_root):
+    """The test folder's labels renumbered as the training folder's classes of the same name: each folder
+    numbers its own sub-folders, so a test folder missing one class would otherwise shift every label."""
+    index = {name: i for i, name in enumerate(train_classes)}
+    unknown = sorted(set(query.classes) - set(index))
+    if unknown:
+        raise DataError(f"data.test_root={test_root}: class folder(s) {', '.join(unknown)} are not among the "
+                        f"training classes ({', '.join(train_classes)})")
+    return np.asarray([index[query.classes[y]] for y in query.labels], dtype=np.int64)
 
 
 # name -> function(data_config, progress) -> DataBundle

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import re
 import tarfile
 from collections import defaultdict
@@ -218,11 +219,37 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
 CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only what real ``cifar-10-batches-py`` files hold: dicts, lists, str/bytes, numbers and
+    numpy arrays. Any other global (``os.system``, ``builtins.open``, ...) is refused before it is
+    looked up, so a planted batch file cannot run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR-10 batch contains")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict:
+    try:
+        with path.open("rb") as fh:
+            batch = _BatchUnpickler(fh, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({err}); refusing to load it") from err
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR-10 python batch (it holds a {type(batch).__name__}, not a dict)")
+    return batch
+
+
 def load_cifar10_python(root, train: bool, download: bool = False) -> ArrayImages:
     """The standard ``cifar-10-batches-py`` folder under ``root`` (pickled dicts with b"data"
-    (N, 3072) uint8 and b"labels"), downloaded by torchvision first when ``download`` is set."""
-    import pickle
-
+    (N, 3072) uint8 and b"labels"), downloaded by torchvision first when ``download`` is set. The files
+    are read with an unpickler that admits only the types real batches contain."""
     folder = Path(root) / "cifar-10-batches-py"
     if download and not folder.is_dir():
         from torchvision.datasets import CIFAR10
@@ -239,18 +266,17 @@ def load_cifar10_python(root, train: bool, download: bool = False) -> ArrayImage
         path = folder / name
         if not path.is_file():
             raise DataError(f"CIFAR-10 batch file {path} is missing; set data.download=true to download CIFAR-10")
+        batch = _load_batch(path)
         try:
-            with path.open("rb") as fh:
-                batch = pickle.load(fh, encoding="latin1")
             data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels += list(batch.get("labels", batch.get("fine_labels", [])))
-        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as err:
+            labels += [int(y) for y in batch.get("labels", batch.get("fine_labels", []))]
+        except (KeyError, ValueError, TypeError) as err:
             raise DataError(f"{path} is not a CIFAR-10 python batch: {err}") from err
     meta = folder / "batches.meta"
     classes = None
     if meta.is_file():
-        with meta.open("rb") as fh:
-            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+        names = _load_batch(meta).get("label_names")
+        classes = [str(c) for c in names] if isinstance(names, list) else None
     images = np.ascontiguousarray(np.concatenate(data).transpose(0, 2, 3, 1))
     return ArrayImages(images, np.asarray(labels, dtype=np.int64), classes)
 

@@ -1,7 +1,8 @@
 """Weighted k-nearest-neighbour classification (Wu et al. 2018; the paper's Table 1-2 protocol).
 
 A query takes its k most cosine-similar training features; each votes for its label with weight
-exp(similarity / temperature); the class with the largest total wins.
+exp(similarity / temperature); the class with the largest total wins (compared in log space, so a
+small temperature cannot overflow).
 """
 
 from __future__ import annotations
@@ -14,14 +15,21 @@ from ..ops import cosine_topk
 
 
 def _class_scores(train_features, train_labels, test_features, k, temperature, num_classes, chunk_size):
-    """Yield (start, scores (chunk, C)) over chunks of the queries; memory is O(chunk x N_train + Q x k)."""
+    """Yield (start, scores (chunk, C)) over chunks of the queries; memory is O(chunk x N_train + Q x k).
+
+    A class's score is log(sum of its votes exp(sim / temperature)), computed as a per-class
+    log-sum-exp: the same ranking as the plain sum, finite for any temperature (exp(1 / 0.001)
+    overflows even float64), and -inf exactly for a class without a vote.
+    """
     labels = train_labels.to(train_features.device).long()
     sims, idx = cosine_topk(test_features, train_features, k, chunk_size=chunk_size)   # (Q, k)
     for start in range(0, sims.shape[0], chunk_size):
-        weights = (sims[start:start + chunk_size] / temperature).exp()
-        scores = torch.zeros(weights.shape[0], num_classes, device=sims.device)
-        scores.scatter_add_(1, labels[idx[start:start + chunk_size]], weights)   # sum of votes per class
-        yield start, scores
+        logits = sims[start:start + chunk_size].double() / temperature                    # (chunk, k)
+        voter = labels[idx[start:start + chunk_size]]                                     # (chunk, k)
+        peak = torch.full((logits.shape[0], num_classes), -float("inf"), dtype=logits.dtype, device=logits.device)
+        peak.scatter_reduce_(1, voter, logits, reduce="amax")                             # per-class max
+        total = torch.zeros_like(peak).scatter_add_(1, voter, (logits - peak.gather(1, voter)).exp())
+        yield start, peak + total.log()                                                   # -inf + log 0 = -inf
 
 
 def _num_classes(train_labels, num_classes):
@@ -57,7 +65,7 @@ def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         t = targets[start:start + scores.shape[0], None]
         top_scores, ranked = scores.topk(min(5, c), dim=1)
         top1 += (ranked[:, :1] == t).sum().item()
-        # a class without a single vote never counts as a hit (its rank among zeros is arbitrary)
-        top5 += ((ranked == t) & (top_scores > 0)).any(dim=1).sum().item()
+        # a class without a single vote never counts as a hit (its rank among the -inf is arbitrary)
+        top5 += ((ranked == t) & (top_scores > -float("inf"))).any(dim=1).sum().item()
     n = max(test_features.shape[0], 1)
     return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n}
