@@ -301,6 +301,11 @@ def validate(cfg: Config) -> Config:
     for key, value in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
         if value is not None and len(value) != 3:
             raise ConfigError(f"{key}={value}: expected 3 numbers (R, G, B)")
+    if cfg.data.std is not None and not all(v > 0 and math.isfinite(v) for v in cfg.data.std):
+        raise ConfigError(f"data.std={cfg.data.std}: every channel's std must be a positive number (images are "
+                          f"divided by it)")
+    if not 0 <= cfg.train.seed < 2 ** 63:
+        raise ConfigError(f"train.seed={cfg.train.seed}: expected an integer from 0 to 9223372036854775807")
     return cfg
 
 

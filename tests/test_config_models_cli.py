@@ -76,6 +76,9 @@ def test_overrides_are_typed():
     ("optim.lr=-0.1", "optim.lr=-0.1: expected a finite number >= 0"),
     ("optim.weight_decay=-1", "expected a finite number >= 0"),
     ("data.num_workers=-2", "data.num_workers=-2: expected a finite number >= 0"),
+    ("data.std=[0.2, 0, 0.2]", "data.std=[0.2, 0.0, 0.2]: every channel's std must be a positive number"),
+    ("train.seed=9223372036854775808", "train.seed=9223372036854775808: expected an integer from 0 to 9223372036854775807"),
+    ("train.seed=-1", "expected an integer from 0 to 9223372036854775807"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
@@ -154,6 +157,9 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "did you mean 'train.epochs'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file; a run needs a folder" in capsys.readouterr().err
     assert main(["train", "--device", "gpu", "--out", str(tmp_path / "r3")]) == 2
     assert "train.device='gpu': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     # a run that fails before training leaves no empty run folder behind

@@ -177,3 +177,39 @@ def test_test_root_labels_follow_the_training_class_names(tmp_path):
     coloured_image(9, 0).save(test_root / "class_9" / "0.png")
     with pytest.raises(DataError, match="class_9 are not among the training classes"):
         build_data(cfg, progress=False)
+
+
+def test_16_bit_and_float_images_keep_their_range(tmp_path):
+    """PIL's convert('RGB') turns a 16-bit PNG white and a float TIFF black; ours rescales by the real range."""
+    from PIL import Image
+
+    ramp16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)    # 0 .. 63,000
+    Image.fromarray(ramp16).save(tmp_path / "a16.png")
+    ramp_f = (np.arange(64, dtype=np.float32).reshape(8, 8) / 63)                        # 0 .. 1
+    Image.fromarray(ramp_f, mode="F").save(tmp_path / "b_float.tif")
+    source = scan_image_folder(tmp_path)
+    got16, got_f = (np.asarray(source.image(i)) for i in range(2))
+    np.testing.assert_array_equal(got16[..., 0], np.rint(ramp16 / 257).astype(np.uint8))
+    np.testing.assert_array_equal(got_f[..., 1], np.rint(ramp_f * 255).astype(np.uint8))
+    assert got16.shape == (8, 8, 3) and got16[..., 0].max() == 245 and got_f[..., 2].max() == 255
+    Image.fromarray(ramp_f * 40, mode="F").save(tmp_path / "c_hdr.tif")
+    with pytest.raises(DataError, match="c_hdr.tif: a floating-point image with values outside 0..1"):
+        scan_image_folder(tmp_path).image(2)
+
+
+def test_corrupt_archive_member_is_named(tmp_path):
+    import io
+    import tarfile
+
+    path = write_imagefolder_archive(tmp_path / "a.tar.gz", {"train": [2], "test": [1]})
+    with tarfile.open(path, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        for m, data in members:
+            if m.name.endswith("0001.jpg"):
+                data = b"not a jpeg at all"
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    with pytest.raises(DataError, match=r"member train/c0/0001.jpg is not a readable image"):
+        read_imagefolder_archive(bad, ["train", "test"], cache_dir=str(tmp_path / "cache"))

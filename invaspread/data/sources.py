@@ -73,7 +73,7 @@ class FileImages:
         path = self.paths[i]
         try:
             with Image.open(path) as img:
-                return img.convert("RGB")
+                return to_rgb(img, path)
         except (OSError, ValueError) as err:
             raise DataError(f"cannot read image {path}: {err}") from err
 
@@ -94,6 +94,27 @@ class FileImages:
                                 f"{first.shape[1]}x{first.shape[0]}; set data.in_memory=false or resize the images")
             out[i] = arr
         return ArrayImages(out, self.labels, self.classes)
+
+
+def to_rgb(img: Image.Image, name) -> Image.Image:
+    """RGB, 8 bits per channel. PIL's ``convert("RGB")`` clips 16-bit and 32-bit integer images at 255
+    (all white) and maps floats badly (all black): those are rescaled by their real range instead --
+    16-bit by 65535 / 255, floats in [0, 1] by 255 -- and anything else is refused by name."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+                raise DataError(f"{name}: a floating-point image with values outside 0..1 (min {arr.min():.4g}, "
+                                f"max {arr.max():.4g}); convert it to 8-bit first")
+            scaled = arr * 255
+        else:
+            if arr.size and (arr.min() < 0 or arr.max() > 65535):
+                raise DataError(f"{name}: a 32-bit integer image with values outside 0..65535; convert it to "
+                                f"8-bit first")
+            scaled = arr / 257  # 65535 -> 255
+        grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    return img.convert("RGB")
 
 
 def first_per_class(labels: np.ndarray, n: Optional[int]) -> np.ndarray:
@@ -193,10 +214,13 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
     out = {}
     for s in splits:
         images, labels = [], []
-        todo = [(label, data) for label, c in enumerate(classes)
-                for _, data in sorted(raw[s].get(c, []))[: per_class.get(s)]]
-        for label, data in tqdm(todo, desc=f"decoding {archive.name} {s}", disable=not progress, leave=False):
-            images.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        todo = [(label, f"{s}/{c}/{name}", data) for label, c in enumerate(classes)
+                for name, data in sorted(raw[s].get(c, []))[: per_class.get(s)]]
+        for label, member, data in tqdm(todo, desc=f"decoding {archive.name} {s}", disable=not progress, leave=False):
+            try:
+                images.append(np.asarray(to_rgb(Image.open(io.BytesIO(data)), f"{archive}: {member}")))
+            except (OSError, ValueError) as err:
+                raise DataError(f"{archive}: member {member} is not a readable image ({err})") from err
             labels.append(label)
         if not images:
             raise DataError(f"archive {archive} has no images under split '{s}/'")

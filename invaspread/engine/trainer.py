@@ -111,6 +111,8 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     if resume:
         state = load_checkpoint(out_dir)
         cfg = validate(from_dict(state["config"], str(out_dir / "last.pt")))
+    elif out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; a run needs a folder (choose another --out)")
     elif (out_dir / "last.pt").exists():
         raise ConfigError(f"{out_dir} already holds a run (last.pt); continue it with --resume {out_dir} "
                           f"or choose another --out")
