@@ -18,6 +18,9 @@ examples:
   invaspread train --config cifar10 --data-dir cifar10-jpeg.tar.gz --set train.epochs=3 --out runs/c3
   invaspread train --set loss.variant=paper --set loss.temperature=0.07
   invaspread train --resume runs/c3                  # continue an interrupted run exactly
+  invaspread train --config cifar10 --set method.name=nce     # a compared method (README, Table 1)
+  invaspread train --config cifar10 --set method.name=random --epochs 0   # the untrained network
+  invaspread config cifar10                           # every key, its value and its meaning
 
 --config takes a YAML file or the name of a bundled config (%s).
 --set section.key=value overrides one key; values are read as YAML (3, 0.1, true, null, [120, 160]).
