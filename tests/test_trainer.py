@@ -160,3 +160,44 @@ def test_unlabelled_run_says_there_is_nothing_to_evaluate(tmp_path):
     assert "epoch=0" not in log and any("nothing to evaluate" in line for line in log)
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [ln["epoch"] for ln in lines] == [1] and "loss" in lines[0]
+
+
+def test_flipped_bytes_in_a_checkpoint_are_detected(tmp_path):
+    from invaspread.engine.checkpoint import save_checkpoint
+
+    weights = {"w": torch.randn(512, 512)}          # 1 MiB of tensor data: the middle of the file is weights
+    save_checkpoint({"model": weights, "config": {}, "epoch": 3}, tmp_path / "last.pt")
+    assert torch.equal(load_checkpoint(tmp_path)["model"]["w"], weights["w"])
+    raw = bytearray((tmp_path / "last.pt").read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 64] = bytes(b ^ 0xFF for b in raw[middle:middle + 64])
+    (tmp_path / "last.pt").write_bytes(bytes(raw))
+    with pytest.raises(InvaspreadError, match="is corrupt"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_diverged_run_is_an_error_that_tells_the_truth(tmp_path):
+    """lr = 1e6 makes the weights non-finite: the run stops with a true message, saves nothing non-finite."""
+    cfg = load_config(None, tiny_overrides(epochs=2) + ["optim.lr=1000000.0", "optim.schedule=constant"])
+    with pytest.raises(InvaspreadError, match="became NaN or infinite") as info:
+        fit(cfg, tmp_path / "run", log=lambda s: None)
+    message = str(info.value)
+    if (tmp_path / "run" / "last.pt").exists():
+        state = load_checkpoint(tmp_path / "run")
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+        assert f"still holds epoch {state['epoch']}" in message
+    else:
+        assert "no checkpoint was written" in message
+
+
+def test_non_finite_embeddings_are_never_scored():
+    from invaspread.data.datasets import build_data
+    from invaspread.engine.evaluation import evaluate
+    from invaspread.models import build_model
+
+    cfg = load_config(None, tiny_overrides())
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))
+    with pytest.raises(InvaspreadError, match="NaN or infinite"):
+        evaluate(model, build_data(cfg.data, progress=False), cfg, torch.device("cpu"))

@@ -1,7 +1,9 @@
-"""Flat checkpoint dicts, written atomically and read without unpickling arbitrary objects."""
+"""Flat checkpoint dicts, written atomically with a content checksum and read without unpickling
+arbitrary objects."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,11 +14,32 @@ from ..config import InvaspreadError
 CHECKPOINT_VERSION = 1
 
 
+def content_digest(value, digest=None) -> str:
+    """SHA-256 over every tensor's bytes and every other value's repr, in a fixed order: a flipped bit in
+    any weight, buffer, optimizer slot or RNG state changes it."""
+    digest = digest or hashlib.sha256()
+    if isinstance(value, dict):
+        for key in sorted(value, key=str):
+            digest.update(repr(key).encode())
+            content_digest(value[key], digest)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            content_digest(item, digest)
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
 def save_checkpoint(state: dict, path) -> None:
-    """Write ``state`` to ``path`` via a temporary file + rename, so a kill never leaves half a file."""
+    """Write ``state`` (plus its ``checksum``) to ``path`` via a temporary file + rename, so a kill never
+    leaves half a file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
+    torch.save({**state, "checksum": content_digest(state)}, tmp)
     os.replace(tmp, path)
 
 
@@ -31,6 +54,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt file, or one holding arbitrary pickled objects
         raise InvaspreadError(f"cannot load checkpoint {path}: {err}") from err
+    if not isinstance(state, dict):
+        raise InvaspreadError(f"{path} is not an invaspread checkpoint (it holds a {type(state).__name__})")
+    stored = state.pop("checksum", None)
+    if stored is not None and stored != content_digest(state):
+        raise InvaspreadError(f"{path} is corrupt: its content no longer matches the checksum written with it "
+                              f"(disk or copy damage); use an intact copy")
     missing = {"model", "config", "epoch"} - set(state)
     if missing:
         raise InvaspreadError(f"{path} is not an invaspread checkpoint (missing {sorted(missing)})")

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, InvaspreadError
 from ..evaluate import knn_accuracy, linear_probe, recall_at_k
 from ..evaluate import nmi as nmi_score
 from .features import source_features
@@ -41,6 +41,9 @@ def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bo
         return {}
     start = time.perf_counter()
     query = _features(model, bundle.query, cfg, bundle, device, progress)
+    if not torch.isfinite(query).all():
+        raise InvaspreadError("the network's embeddings of the test images are NaN or infinite (a diverged "
+                              "model): no metric is computed from them")
     query_labels = torch.as_tensor(bundle.query.labels, device=query.device)
     if protocol == "retrieval":
         ks = tuple(cfg.eval.recall_ks)

@@ -228,9 +228,13 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         if cuda:
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
-        if not torch.isfinite(total_loss):
-            raise InvaspreadError(f"epoch {epoch}: the loss is not finite; {out_dir}/last.pt still holds epoch "
-                                  f"{epoch - 1}. Lower optim.lr or raise the method's temperature")
+        finite_state = all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point())
+        if not (torch.isfinite(total_loss) and finite_state):
+            kept = (f"{out_dir}/last.pt still holds epoch {epoch - 1}, the last finite one"
+                    if (out_dir / "last.pt").exists() else "no checkpoint was written")
+            what = "the loss" if not torch.isfinite(total_loss) else "the network's weights"
+            raise InvaspreadError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; "
+                                  f"{kept}. Train again with a lower optim.lr (or a higher temperature)")
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
                 "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}
         if due(epoch):
