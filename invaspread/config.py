@@ -257,7 +257,11 @@ def validate(cfg: Config) -> Config:
                 "data.image_size": cfg.data.image_size, "eval.knn_k": cfg.eval.knn_k,
                 "eval.knn_temperature": cfg.eval.knn_temperature, "model.embedding_dim": cfg.model.embedding_dim,
                 "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size,
-                "model.bn_groups": cfg.model.bn_groups}
+                "model.bn_groups": cfg.model.bn_groups,
+                "method.exemplar.temperature": cfg.method.exemplar.temperature,
+                "method.npsoftmax.temperature": cfg.method.npsoftmax.temperature,
+                "method.nce.temperature": cfg.method.nce.temperature, "method.nce.noise": cfg.method.nce.noise,
+                "method.triplet.margin": cfg.method.triplet.margin}
     for key, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a positive number")
@@ -267,13 +271,6 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a finite number >= 0")
-    method_positive = {"method.exemplar.temperature": cfg.method.exemplar.temperature,
-                       "method.npsoftmax.temperature": cfg.method.npsoftmax.temperature,
-                       "method.nce.temperature": cfg.method.nce.temperature, "method.nce.noise": cfg.method.nce.noise,
-                       "method.triplet.margin": cfg.method.triplet.margin}
-    for key, value in method_positive.items():
-        if not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{key}={value!r}: expected a positive number")
     for key, value in (("method.npsoftmax.momentum", cfg.method.npsoftmax.momentum),
                        ("method.nce.momentum", cfg.method.nce.momentum)):
         if not 0 <= value < 1:

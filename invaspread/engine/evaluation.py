@@ -25,10 +25,15 @@ def default_protocol(bundle) -> str:
 
 
 def _features(model, source, cfg, bundle, device, progress):
+    """Evaluation features of ``source`` (the test queries or the labelled bank); never scores NaN/inf."""
     autocast = torch.bfloat16 if (cfg.train.bf16 and device.type == "cuda") else None
-    return source_features(model, source, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
-                           device, progress=progress, autocast_dtype=autocast,
-                           channels_last=cfg.train.channels_last and device.type == "cuda")
+    features = source_features(model, source, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
+                               device, progress=progress, autocast_dtype=autocast,
+                               channels_last=cfg.train.channels_last and device.type == "cuda")
+    if not torch.isfinite(features).all():
+        raise InvaspreadError("the network's embeddings are NaN or infinite (a diverged model): no metric is "
+                              "computed from them")
+    return features
 
 
 def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bool = True,
@@ -41,9 +46,6 @@ def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bo
         return {}
     start = time.perf_counter()
     query = _features(model, bundle.query, cfg, bundle, device, progress)
-    if not torch.isfinite(query).all():
-        raise InvaspreadError("the network's embeddings of the test images are NaN or infinite (a diverged "
-                              "model): no metric is computed from them")
     query_labels = torch.as_tensor(bundle.query.labels, device=query.device)
     if protocol == "retrieval":
         ks = tuple(cfg.eval.recall_ks)

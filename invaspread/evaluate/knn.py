@@ -11,21 +11,20 @@ from typing import Dict, Optional
 
 import torch
 
-from ..ops import cosine_topk
+from ..ops import cosine_topk_chunks
 
 
 def _class_scores(train_features, train_labels, test_features, k, temperature, num_classes, chunk_size):
-    """Yield (start, scores (chunk, C)) over chunks of the queries; memory is O(chunk x N_train + Q x k).
+    """Yield (start, scores (chunk, C)) over chunks of the queries; memory is O(chunk x N_train).
 
     A class's score is log(sum of its votes exp(sim / temperature)), computed as a per-class
     log-sum-exp: the same ranking as the plain sum, finite for any temperature (exp(1 / 0.001)
     overflows even float64), and -inf exactly for a class without a vote.
     """
     labels = train_labels.to(train_features.device).long()
-    sims, idx = cosine_topk(test_features, train_features, k, chunk_size=chunk_size)   # (Q, k)
-    for start in range(0, sims.shape[0], chunk_size):
-        logits = sims[start:start + chunk_size].double() / temperature                    # (chunk, k)
-        voter = labels[idx[start:start + chunk_size]]                                     # (chunk, k)
+    for start, sims, idx in cosine_topk_chunks(test_features, train_features, k, chunk_size):
+        logits = sims.double() / temperature                                              # (chunk, k)
+        voter = labels[idx]                                                               # (chunk, k)
         peak = torch.full((logits.shape[0], num_classes), -float("inf"), dtype=logits.dtype, device=logits.device)
         peak.scatter_reduce_(1, voter, logits, reduce="amax")                             # per-class max
         total = torch.zeros_like(peak).scatter_add_(1, voter, (logits - peak.gather(1, voter)).exp())

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ops import cosine_topk, kmeans
+from ..ops import cosine_topk_chunks, kmeans
 
 
 @torch.no_grad()
@@ -22,12 +22,10 @@ def recall_at_k(features: torch.Tensor, labels, ks: Sequence[int] = (1, 2, 4, 8)
     x = torch.as_tensor(features)
     y = torch.as_tensor(np.asarray(labels)).to(x.device)
     first_hit = torch.empty(x.shape[0], dtype=torch.long, device=x.device)  # rank of the first same-label item
-    for start in range(0, x.shape[0], chunk_size):
-        rows = torch.arange(start, min(start + chunk_size, x.shape[0]), device=x.device)
-        _, top = cosine_topk(x[rows], x, max(ks), exclude=rows)          # (chunk, kmax), the query excluded
-        hit = y[top] == y[rows, None]
+    for start, _, top in cosine_topk_chunks(x, None, max(ks), chunk_size):  # (chunk, kmax), the query excluded
+        hit = y[top] == y[start:start + top.shape[0], None]
         # argmax of a boolean row = first True; rows without a hit get rank kmax
-        first_hit[rows] = torch.where(hit.any(1), hit.float().argmax(1), top.shape[1])
+        first_hit[start:start + top.shape[0]] = torch.where(hit.any(1), hit.float().argmax(1), top.shape[1])
     return {int(k): 100.0 * (first_hit < k).float().mean().item() for k in ks}
 
 

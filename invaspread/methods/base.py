@@ -52,10 +52,12 @@ class Method(nn.Module):
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
         if mode and getattr(self, "frozen_bn", False):
-            for m in self.encoder.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            for m in self._batchnorms():
+                m.eval()
         return self
+
+    def _batchnorms(self):
+        return [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """(V, B, 3, H, W) -> (V, B, d): all V x B images in one forward pass, so BatchNorm sees every
@@ -73,7 +75,7 @@ class Method(nn.Module):
     def _without_running_stats(self, x: torch.Tensor) -> torch.Tensor:
         """Forward in train mode (batch statistics) while every BatchNorm's running statistics stay put,
         like the replicas on GPUs 1..3 of ``DataParallel``, whose buffer updates are discarded."""
-        norms = [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        norms = self._batchnorms()
         saved = [m.momentum for m in norms]
         for m in norms:
             m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
