@@ -7,7 +7,8 @@ the full-width ResNet18, next to the encoder's own forward + backward for the sa
 The "loss + state" column times what a method adds to its encoder, on fixed embeddings of the same
 shape: its loss forward and backward, its own parameters' SGD step (Exemplar's W) and ``after_step``
 (the memory bank's update). Inputs are random tensors of CIFAR-10's shape; banks / weights are sized
-for ``--instances``.
+for ``--instances``. "epoch start s" is ``on_epoch_start`` on random features of ``--instances`` images
+(DeepCluster's clustering, MOM's mining; benchmarks/clustering.py measures those at real sizes).
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def main():
         if cuda:
             method.encoder.to(memory_format=torch.channels_last)
             method.configure_forward(torch.channels_last)
+        # the epoch's preparation (DeepCluster's clustering, MOM's mining, on random features) is timed apart
+        dims = {True: method.encoder.backbone.out_features, False: cfg.model.embedding_dim}
+        features = {pooled: torch.randn(args.instances, d, device=device) for pooled, d in dims.items()}
+        sync(device)
+        t0 = time.perf_counter()
+        method.on_epoch_start(1, lambda pooled: features[pooled])
+        sync(device)
+        start_s = time.perf_counter() - t0
         optimizer = build_optimizer(method.parameters(), cfg.optim)
         method.train()
         views = torch.randn(method.views, args.batch_size, 3, 32, 32, device=device)
@@ -87,16 +96,16 @@ def main():
 
         own_s = timed(loss_and_state, max(args.steps, 10), device, args.warmup)
         rows.append((name, method.views, method.views * args.batch_size, step_s, own_s,
-                     step_s * (args.instances // args.batch_size)))
+                     step_s * (args.instances // args.batch_size), start_s))
         del method, optimizer
 
     header = (f"{'method':14s} {'views':>5s} {'images/step':>11s} {'s/step':>8s} {'loss + state s':>15s} "
-              f"{'share':>6s} {'s/epoch':>9s}")
+              f"{'share':>6s} {'s/epoch':>9s} {'epoch start s':>13s}")
     print(header)
     print("-" * len(header))
-    for name, v, images, step_s, own_s, epoch_s in rows:
+    for name, v, images, step_s, own_s, epoch_s, start_s in rows:
         print(f"{name:14s} {v:5d} {images:11d} {step_s:8.3f} {own_s:15.4f} {100 * own_s / step_s:5.1f}% "
-              f"{epoch_s:9.1f}")
+              f"{epoch_s:9.1f} {start_s:13.2f}")
 
 
 if __name__ == "__main__":

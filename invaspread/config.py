@@ -16,6 +16,8 @@ from typing import Any, List, Optional
 
 import yaml
 
+from .config_methods import METHOD_NAMES, MethodConfig
+
 
 class InvaspreadError(Exception):
     """An error with a one-line message meant for the user (the CLI prints it without a traceback)."""
@@ -64,49 +66,6 @@ class ModelConfig:
     frozen_bn: Optional[bool] = None  # BatchNorm keeps its running statistics in training; null = when pretrained
     init_from: Optional[str] = None  # a run folder or .pt whose network initialises this one (fine-tuning)
     pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
-
-
-@dataclass
-class ExemplarConfig:
-    """Exemplar CNN (Dosovitskiy et al.; paper Eq. 1): a learned weight row per training instance."""
-
-    temperature: float = 0.1  # softmax temperature over the n instance weights
-    normalize_weights: bool = True  # L2-normalise the rows of W (cosine classifier); false: plain w_i . f logits
-
-
-@dataclass
-class NPSoftmaxConfig:
-    """Non-parametric softmax over a memory bank (Wu et al. 2018; paper Eq. 2)."""
-
-    temperature: float = 0.1  # softmax temperature over the n bank entries
-    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
-
-
-@dataclass
-class NCEConfig:
-    """Noise-contrastive estimation over the same memory bank (Wu et al. 2018)."""
-
-    temperature: float = 0.1  # tau of P(i | f) = exp(v_i . f / tau) / Z
-    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
-    noise: int = 4096  # K noise entries drawn uniformly per instance and step
-
-
-@dataclass
-class TripletConfig:
-    """Triplet loss over the batch's two views (methods triplet and triplet_hard)."""
-
-    margin: float = 0.5  # m of max(0, d(a, p) - d(a, n) + m) (paper Section 4.1: 0.5)
-
-
-@dataclass
-class MethodConfig:
-    """Which system trains the embedding; the InvaSpread loss itself is configured in ``loss``."""
-
-    name: str = "invaspread"  # invaspread | random | exemplar | npsoftmax | nce | triplet | triplet_hard
-    exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
-    npsoftmax: NPSoftmaxConfig = field(default_factory=NPSoftmaxConfig)
-    nce: NCEConfig = field(default_factory=NCEConfig)
-    triplet: TripletConfig = field(default_factory=TripletConfig)
 
 
 @dataclass
@@ -175,7 +134,9 @@ CHOICES = {
     "data.stl10_split": ("train", "train+unlabeled"),
     "augment.recipe": ("released", "finegrained"),
     "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
-    "method.name": ("invaspread", "random", "exemplar", "npsoftmax", "nce", "triplet", "triplet_hard"),
+    "method.name": METHOD_NAMES,
+    "method.mom.features": ("pooled", "embedding"),
+    "method.mom.anchors": ("all", "local_max"),
     "loss.variant": ("reference", "paper"),
     "loss.positive": ("augmentation", "augmentation_or_neighbour"),
     "loss.negatives": ("all", "hard", "easy", "released"),
@@ -248,9 +209,14 @@ def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
 
 
 def validate(cfg: Config) -> Config:
+    def get(dotted):
+        node = cfg
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
     for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = get(key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
     positive = {"loss.temperature": cfg.loss.temperature,
@@ -262,6 +228,11 @@ def validate(cfg: Config) -> Config:
                 "method.npsoftmax.temperature": cfg.method.npsoftmax.temperature,
                 "method.nce.temperature": cfg.method.nce.temperature, "method.nce.noise": cfg.method.nce.noise,
                 "method.triplet.margin": cfg.method.triplet.margin}
+    positive.update({key: get(key) for key in (
+        "method.deepcluster.clusters", "method.deepcluster.reassign", "method.deepcluster.pca_dims",
+        "method.deepcluster.kmeans_iterations", "method.mom.graph_neighbours", "method.mom.similarity_power",
+        "method.mom.cg_iterations", "method.mom.num_anchors", "method.mom.positive_k", "method.mom.negative_k",
+        "method.mom.pool_size", "method.mom.negative_candidates", "method.mom.margin")})
     for key, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a positive number")
@@ -271,6 +242,10 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a finite number >= 0")
+    if not 0 < cfg.method.mom.alpha < 1:
+        raise ConfigError(f"method.mom.alpha={cfg.method.mom.alpha!r}: expected 0 < alpha < 1")
+    if cfg.method.mom.remine_every < 0:
+        raise ConfigError(f"method.mom.remine_every={cfg.method.mom.remine_every}: expected 0 (mine once) or more")
     for key, value in (("method.npsoftmax.momentum", cfg.method.npsoftmax.momentum),
                        ("method.nce.momentum", cfg.method.nce.momentum)):
         if not 0 <= value < 1:

@@ -21,14 +21,20 @@ def tiny_cfg(name, extra=()):
     return load_config(None, ["model.width=8", "model.embedding_dim=16", "method.nce.noise=64", "data.image_size=16",
                               "data.subset_per_class=20", "data.num_workers=0", "train.batch_size=32",
                               "train.progress=false", "eval.knn_k=10", "optim.schedule=cosine",
+                              "method.deepcluster.clusters=5", "method.mom.graph_neighbours=5",
+                              "method.mom.positive_k=5", "method.mom.negative_k=10", "method.mom.pool_size=5",
                               f"method.name={name}", "train.epochs=" + ("0" if name == "random" else "2"),
                               *extra])
 
 
 def build(name, n=40, seed=0):
+    """The method around a tiny network, its epoch 1 prepared (clusters, mined tuples) from random features."""
     torch.manual_seed(seed)
     cfg = tiny_cfg(name)
-    return build_method(cfg, build_model(cfg.model), n)
+    method = build_method(cfg, build_model(cfg.model), n)
+    features = torch.randn(n, 64, generator=torch.Generator().manual_seed(seed))
+    method.on_epoch_start(1, lambda pooled: features)
+    return method
 
 
 def test_config_choices_are_the_registry():
@@ -60,6 +66,8 @@ def test_training_step_is_finite_and_moves_every_trained_state(name):
         assert after["z"].item() > 0
     if name == "exemplar":
         assert not torch.equal(before["weights"], after["weights"])
+    if name == "deepcluster":
+        assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -69,7 +77,9 @@ def test_state_dict_round_trip_includes_the_methods_own_state(name):
         optimizer = torch.optim.SGD(a.parameters(), lr=0.1)
         trainer.train_step(a, optimizer, torch.randn(a.views, 4, 3, 16, 16), torch.arange(4), bf16=False)
     own = trainer.method_checkpoint_state(a)
-    expected = {"exemplar": {"weights"}, "npsoftmax": {"bank.features"}, "nce": {"bank.features", "z"}}
+    expected = {"exemplar": {"weights"}, "npsoftmax": {"bank.features"}, "nce": {"bank.features", "z"},
+                "deepcluster": {"classifier.weight", "classifier.bias", "labels"},
+                "mom": {"anchor", "positives", "positive_weights", "negatives", "mined_at_epoch"}}
     assert set(own) == expected.get(name, set())
     state = {"model": a.encoder.state_dict(), "method": own}
     trainer.load_method_state(b, state)
@@ -132,7 +142,10 @@ def test_cifar10_command_runs_every_method(name, cifar_cache, tmp_path, capsys):
     args = ["train", "--config", "cifar10", "--data-dir", str(cifar10_archive()), "--set", f"method.name={name}",
             "--epochs", "0" if name == "random" else "1", "--out", str(tmp_path / name),
             "--set", "data.subset_per_class=13", "--set", "data.test_subset_per_class=5",
-            "--set", f"data.cache_dir={cifar_cache}", "--set", "train.progress=false", "--set", "data.num_workers=0"]
+            "--set", f"data.cache_dir={cifar_cache}", "--set", "train.progress=false", "--set", "data.num_workers=0",
+            # 130 images: fewer clusters than images, and MOM's neighbourhoods below the set's size
+            "--set", "method.deepcluster.clusters=10", "--set", "method.mom.positive_k=10",
+            "--set", "method.mom.negative_k=20", "--set", "method.mom.graph_neighbours=10"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"method {name}" in out
@@ -212,6 +225,16 @@ def test_batches_yield_views_of_each_instance_and_of_its_second_index(on_device)
     assert sorted(seen) == list(range(12))
     one, index = next(iter(batches.epoch(0, 2, views=1)))
     assert one.shape == (1, 4, 3, 8, 8)
+    # a planned epoch (DeepCluster, MOM): rows in order, view v of row l from image plan[l, v], index = rows
+    plan = torch.tensor([[(7 * l + v) % 12 for v in range(3)] for l in range(10)])
+    rows_seen = []
+    for views, rows in batches.epoch(0, 3, views=3, plan=plan):
+        level = views[:, :, 0, 0, 0] * 255 / 10
+        torch.testing.assert_close(level, plan[rows].t().float(), atol=1e-3, rtol=0)
+        rows_seen += rows.tolist()
+    assert rows_seen == list(range(8)) and batches.steps(plan) == 2, "in order, the last partial batch dropped"
+    with pytest.raises(ValueError, match="outside"):
+        next(iter(batches.epoch(0, 3, views=3, plan=plan + 12)))
 
 
 def test_init_from_starts_from_another_runs_network_with_frozen_batchnorm(tmp_path):

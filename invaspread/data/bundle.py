@@ -54,6 +54,20 @@ class ViewsDataset(Dataset):
         return [first] + [self.transform(self.source.image(j)) for _ in range(self.views - 1)], i
 
 
+class PlannedViewsDataset(Dataset):
+    """Yields ``([view_1, ..., view_V], row)``: view v of item ``row`` augments image ``plan[row, v]``
+    (an epoch planned by a method: DeepCluster's cluster-uniform draws, MOM's mined tuples)."""
+
+    def __init__(self, source, transform, plan):
+        self.source, self.transform, self.plan = source, transform, plan.cpu().numpy()
+
+    def __len__(self):
+        return self.plan.shape[0]
+
+    def __getitem__(self, row):
+        return [self.transform(self.source.image(int(i))) for i in self.plan[row]], row
+
+
 class EvalDataset(Dataset):
     """Yields ``(image, index)`` with a deterministic evaluation transform."""
 

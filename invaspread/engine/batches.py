@@ -2,7 +2,9 @@
 
 ``views`` is (V, B, 3, H, W): V independent augmentations of the B instances ``index`` (B,) int64.
 Views 2..V of instance i are drawn from image ``second_index[i]`` when a method passes one (the
-nearest-neighbour positives of the CUB-200 recipe), else from image i.
+nearest-neighbour positives of the CUB-200 recipe), else from image i. A method that plans its epoch
+passes ``plan`` (L, V) instead: the epoch is its rows in order, view v of row l drawn from image
+``plan[l, v]``, and ``index`` holds row ids (see ``Method.epoch_plan``).
 
 Both sources draw everything random in an epoch (shuffle order, augmentation) from generators
 seeded by (seed, epoch), so a run resumed at an epoch boundary repeats exactly what an
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError
-from ..data.bundle import ViewsDataset, images_as_tensor
+from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor
 from ..data.device_augment import DeviceAugment
 from ..data.transforms import train_transform
 
@@ -43,15 +45,21 @@ class CPUBatches:
     def __len__(self):
         return len(self.source) // self.batch_size
 
-    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None
-              ) -> Iterator[Batch]:
+    def steps(self, plan: Optional[torch.Tensor] = None) -> int:
+        return (len(self.source) if plan is None else plan.shape[0]) // self.batch_size
+
+    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None,
+              plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
         torch.manual_seed(s)  # augmentation RNG when num_workers == 0
-        second = None if second_index is None else second_index.cpu().numpy()
-        loader = DataLoader(ViewsDataset(self.source, self.transform, views, second), batch_size=self.batch_size,
-                            shuffle=True, drop_last=True, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(s), pin_memory=self.device.type == "cuda",
-                            persistent_workers=False)
+        if plan is not None:
+            dataset = PlannedViewsDataset(self.source, self.transform, _checked_plan(plan, views, len(self.source)))
+        else:
+            second = None if second_index is None else second_index.cpu().numpy()
+            dataset = ViewsDataset(self.source, self.transform, views, second)
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=plan is None, drop_last=True,
+                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(s),
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
         for view_list, idx in loader:
             yield (torch.stack([v.to(self.device, non_blocking=True) for v in view_list]),
                    idx.to(self.device, non_blocking=True))
@@ -69,11 +77,21 @@ class DeviceBatches:
     def __len__(self):
         return self.images.shape[0] // self.batch_size
 
-    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None
-              ) -> Iterator[Batch]:
+    def steps(self, plan: Optional[torch.Tensor] = None) -> int:
+        return (self.images.shape[0] if plan is None else plan.shape[0]) // self.batch_size
+
+    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None,
+              plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
-        order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
         gen = torch.Generator(device=self.device).manual_seed(s)
+        if plan is not None:
+            plan = _checked_plan(plan, views, self.images.shape[0]).to(self.device)
+            for b in range(self.steps(plan)):
+                rows = torch.arange(b * self.batch_size, (b + 1) * self.batch_size, device=self.device)
+                out = self.augment(self.images[plan[rows].t().flatten()], gen)     # view-major, like below
+                yield out.view(views, len(rows), *out.shape[1:]), rows
+            return
+        order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
         second_index = None if second_index is None else second_index.to(self.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
@@ -81,6 +99,14 @@ class DeviceBatches:
             # all views in one call: one set of kernel launches for V x B images
             out = self.augment(self.images[torch.cat([idx] + [second] * (views - 1))], gen)
             yield out.view(views, len(idx), *out.shape[1:]), idx
+
+
+def _checked_plan(plan: torch.Tensor, views: int, num_images: int) -> torch.Tensor:
+    if plan.ndim != 2 or plan.shape[1] != views or plan.dtype != torch.int64:
+        raise ValueError(f"an epoch plan must be (L, {views}) int64, got {tuple(plan.shape)} {plan.dtype}")
+    if plan.numel() and not (0 <= int(plan.min()) and int(plan.max()) < num_images):
+        raise ValueError(f"an epoch plan names images outside 0..{num_images - 1}")
+    return plan
 
 
 def use_device_batches(source, aug_cfg, device: torch.device) -> bool:

@@ -202,12 +202,20 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     from tqdm.auto import tqdm
 
     for epoch in range(start_epoch + 1, epochs + 1):
-        method.on_epoch_start(epoch, train_features)
+        t_start = time.perf_counter()
+        method.on_epoch_start(epoch, train_features)   # clustering, mining: timed apart from the steps
+        start_seconds = time.perf_counter() - t_start
+        for parameter in method.reinitialised_parameters():
+            optimizer.state.pop(parameter, None)
         method.train()
         t0 = time.perf_counter()
         total_loss = torch.zeros((), device=device)
-        steps = len(batches)
-        stream = batches.epoch(cfg.train.seed, epoch, method.views, method.second_view_index())
+        plan = method.epoch_plan()
+        steps = batches.steps(plan)
+        if steps == 0:
+            raise ConfigError(f"method {cfg.method.name} planned {plan.shape[0]} items for epoch {epoch}, fewer than "
+                              f"train.batch_size={cfg.train.batch_size}")
+        stream = batches.epoch(cfg.train.seed, epoch, method.views, method.second_view_index(), plan)
         bar = tqdm(stream, total=steps, desc=f"epoch {epoch}/{epochs}", disable=not show_progress, leave=False)
         for step, (views, index) in enumerate(bar):
             lr = learning_rate(cfg.optim, epochs, epoch - 1 + step / steps)
@@ -236,6 +244,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
             raise InvaspreadError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; "
                                   f"{kept}. Train again with a lower optim.lr (or a higher temperature)")
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
+                "epoch_start_seconds": start_seconds,
                 "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}
         if due(epoch):
             last.update(evaluate(method.encoder, bundle, cfg, device, nmi=epoch == epochs, progress=show_progress))

@@ -5,7 +5,9 @@ from .exemplar import ExemplarLoss
 from .invaspread import InvaSpreadLoss, log_one_minus_softmax
 from .nce import NCELoss, estimate_nce_z
 from .npsoftmax import NPSoftmaxLoss
+from .pseudo_label import PseudoLabelLoss
 from .triplet import TripletLoss, sample_random_negatives
+from .weighted_triplet import WeightedTripletLoss
 
 
 def build_loss(cfg) -> InvaSpreadLoss:
@@ -13,5 +15,5 @@ def build_loss(cfg) -> InvaSpreadLoss:
     return InvaSpreadLoss(cfg.temperature, cfg.variant, cfg.stop_gradient, cfg.negatives, cfg.negative_fraction)
 
 
-__all__ = ["ExemplarLoss", "InvaSpreadLoss", "NCELoss", "NPSoftmaxLoss", "TripletLoss", "build_loss",
-           "estimate_nce_z", "log_one_minus_softmax", "sample_random_negatives"]
+__all__ = ["ExemplarLoss", "InvaSpreadLoss", "NCELoss", "NPSoftmaxLoss", "PseudoLabelLoss", "TripletLoss",
+           "WeightedTripletLoss", "build_loss", "estimate_nce_z", "log_one_minus_softmax", "sample_random_negatives"]

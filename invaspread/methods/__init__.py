@@ -1,14 +1,16 @@
 """Every system the paper compares, one file each, in one plain dict: ``METHODS[name] -> Method`` class.
 
 ``build_method(cfg, encoder, num_instances)`` builds ``METHODS[cfg.method.name]``. Adding a method is
-a file here, its loss in ``invaspread.losses`` and its settings in ``config.MethodConfig``.
+a file here, its loss in ``invaspread.losses`` and its settings in ``config_methods.MethodConfig``.
 """
 
 from __future__ import annotations
 
 from .base import Method
+from .deepcluster import DeepCluster
 from .exemplar import Exemplar
 from .invaspread import InvaSpread, nearest_neighbour_positives
+from .mom import MOM
 from .npid import NCE, MemoryBank, NPSoftmax
 from .random import RandomNetwork
 from .triplet import Triplet, TripletHard
@@ -21,6 +23,8 @@ METHODS = {
     "nce": NCE,                     # NCE [46] (80.4)
     "triplet": Triplet,             # Triplet (57.5)
     "triplet_hard": TripletHard,    # Triplet (hard) (78.4)
+    "deepcluster": DeepCluster,     # DeepCluster [3] (10 clusters: 44.4, 1000: 67.6)
+    "mom": MOM,                     # MOM [21] (Tables 3-6 only)
 }
 
 

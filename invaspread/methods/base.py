@@ -8,10 +8,14 @@ which method it runs, and a resumed run continues with exactly the state it stop
 The trainer's contract, per epoch::
 
     method.on_epoch_start(epoch, train_features)       # may embed the un-augmented training set
-    for views, index in batches.epoch(seed, epoch, method.views, method.second_view_index()):
+    optimizer forgets the state of method.reinitialised_parameters()
+    for views, index in batches.epoch(seed, epoch, method.views, method.second_view_index(),
+                                      method.epoch_plan()):
         loss = method.training_step(views, index)      # views (V, B, 3, H, W), index (B,)
         loss.backward(); optimizer.step()
         method.after_step()                            # state updates that follow the step (memory banks)
+
+``index`` holds instance ids, or, when the method planned the epoch (``epoch_plan``), row ids of its plan.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    """A seed for the random draws a method makes at the start of ``epoch`` (clusterings, plans): the same
+    in a resumed run as in an uninterrupted one. ``salt`` separates independent uses within an epoch."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(salt)) % (2 ** 63)
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch, salt))
 
 
 class Method(nn.Module):
@@ -59,20 +73,22 @@ class Method(nn.Module):
     def _batchnorms(self):
         return [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-    def embed(self, views: torch.Tensor) -> torch.Tensor:
+    def embed(self, views: torch.Tensor, normalized: bool = True) -> torch.Tensor:
         """(V, B, 3, H, W) -> (V, B, d): all V x B images in one forward pass, so BatchNorm sees every
-        view of the batch together (with ``bn_groups`` > 1: G chunks, see ``configure_forward``)."""
+        view of the batch together (with ``bn_groups`` > 1: G chunks, see ``configure_forward``).
+        ``normalized=False``: the embedding layer's output before its L2 normalisation."""
         v, b = views.shape[:2]
         x = views.reshape(v * b, *views.shape[2:]).contiguous(memory_format=self.input_memory_format)
+        forward = self.encoder if normalized else self.encoder.unnormalized
         if self.bn_groups == 1 or not self.training or self.frozen_bn:
-            return self.encoder(x).view(v, b, -1)
+            return forward(x).view(v, b, -1)
         if x.shape[0] % self.bn_groups:
             raise ValueError(f"model.bn_groups={self.bn_groups} must divide the {x.shape[0]} images of a step")
-        outputs = [self.encoder(chunk) if i == 0 else self._without_running_stats(chunk)
+        outputs = [forward(chunk) if i == 0 else self._without_running_stats(forward, chunk)
                    for i, chunk in enumerate(x.chunk(self.bn_groups))]
         return torch.cat(outputs).view(v, b, -1)
 
-    def _without_running_stats(self, x: torch.Tensor) -> torch.Tensor:
+    def _without_running_stats(self, forward, x: torch.Tensor) -> torch.Tensor:
         """Forward in train mode (batch statistics) while every BatchNorm's running statistics stay put,
         like the replicas on GPUs 1..3 of ``DataParallel``, whose buffer updates are discarded."""
         norms = self._batchnorms()
@@ -80,7 +96,7 @@ class Method(nn.Module):
         for m in norms:
             m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
         try:
-            return self.encoder(x)
+            return forward(x)
         finally:
             for m, momentum in zip(norms, saved):
                 m.momentum = momentum
@@ -99,6 +115,20 @@ class Method(nn.Module):
     def second_view_index(self) -> Optional[torch.Tensor]:
         """(N,) int64: the instance whose image views 2..V of instance i are drawn from; None = i itself."""
         return None
+
+    def epoch_plan(self) -> Optional[torch.Tensor]:
+        """(L, V) int64, or None for "every instance once, in a random order, all V views of it".
+
+        Row l is the l-th item of the epoch, in training order: view v of it is an augmentation of image
+        ``plan[l, v]`` (DeepCluster: images sampled uniformly over clusters, V = 1; MOM: mined
+        (anchor, positive, negative) tuples, V = 3). The batches then carry row ids as ``index``.
+        Drawn in ``on_epoch_start`` from generators seeded by (seed, epoch), so resume stays exact."""
+        return None
+
+    def reinitialised_parameters(self) -> list:
+        """Parameters that ``on_epoch_start`` just re-initialised (DeepCluster's classifier): the trainer
+        drops their optimizer state (momentum), as a fresh optimizer would have none."""
+        return []
 
     @classmethod
     def from_config(cls, cfg, encoder: nn.Module, num_instances: int) -> "Method":

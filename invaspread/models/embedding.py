@@ -23,5 +23,10 @@ class EmbeddingNet(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
+    def unnormalized(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, embedding_dim): the embedding layer's output before L2 normalisation (DeepCluster's classifier
+        reads it)."""
+        return self.head(self.backbone(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.backbone(x)).float(), dim=1)

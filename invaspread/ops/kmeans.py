@@ -1,4 +1,4 @@
-"""k-means with k-means++ seeding on torch tensors (any device): NMI today, clustering methods next."""
+"""k-means with k-means++ seeding on torch tensors (any device): NMI, DeepCluster's pseudo-labels."""
 
 from __future__ import annotations
 
@@ -36,18 +36,48 @@ def _kmeans_pp_seeds(x: torch.Tensor, sq: torch.Tensor, k: int, g: torch.Generat
     return centres
 
 
+def _split_empty_clusters(centres: torch.Tensor, counts: torch.Tensor, g: torch.Generator,
+                          eps: float = 1.0 / 1024) -> int:
+    """faiss's remedy for empty clusters, which DeepCluster relies on: each empty centre becomes a copy of
+    a cluster picked with probability proportional to (its size - 1), the two copies pushed apart by a
+    symmetric relative perturbation of +-eps per coordinate (alternating signs), and the picked
+    cluster's count is shared between them. In place; returns the number of clusters split."""
+    counts = counts.clone()
+    sign = torch.ones(centres.shape[1], dtype=centres.dtype, device=centres.device)
+    sign[1::2] = -1
+    empty = (counts == 0).nonzero().flatten().tolist()
+    for ci in empty:
+        weights = (counts - 1).clamp_min(0).double().cpu()
+        if weights.sum() <= 0:  # every cluster has a single point: nothing to split
+            return empty.index(ci)
+        cj = torch.multinomial(weights, 1, generator=g).item()
+        centres[ci] = centres[cj] * (1 + eps * sign)
+        centres[cj] = centres[cj] * (1 - eps * sign)
+        counts[ci] = torch.div(counts[cj], 2, rounding_mode="floor")
+        counts[cj] -= counts[ci]
+    return len(empty)
+
+
 @torch.no_grad()
 def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 300, tol: float = 1e-4,
-           chunk_size: int = 4096, n_init: int = 1, seeds_per_pass=None) -> torch.Tensor:
+           chunk_size: int = 4096, n_init: int = 1, seeds_per_pass=None, empty: str = "keep") -> torch.Tensor:
     """Lloyd's k-means with k-means++ seeding; returns cluster ids (N,). Squared Euclidean distance.
 
     Stops when the squared centre shift falls below ``tol`` x the mean feature variance (as
-    scikit-learn). With ``n_init > 1`` the run of lowest inertia among ``n_init`` seeds wins.
-    ``seeds_per_pass`` defaults to 1 (exact k-means++) for k <= 1000 and k // 1000 (at most 16) above.
+    scikit-learn; ``tol=0`` runs ``max_iter`` iterations unless nothing moves). With ``n_init > 1`` the
+    run of lowest inertia among ``n_init`` seeds wins. ``seeds_per_pass`` defaults to 1 (exact
+    k-means++) for k <= 1000 and k // 1000 (at most 16) above. ``empty``: what an iteration does with a
+    centre that lost all its points: "keep" it where it is (scikit-learn relocates it; NMI never
+    meets one in practice), or "split" a populated cluster into it as faiss does (DeepCluster).
+    Memory is O(N x d + chunk_size x k).
     """
+    if empty not in ("keep", "split"):
+        raise ValueError(f"kmeans empty must be 'keep' or 'split', got {empty!r}")
     x = torch.as_tensor(x).float()
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"kmeans needs 1 <= k <= {x.shape[0]} points, got k={k}")
     if n_init > 1:
-        runs = [kmeans(x, k, seed + i, max_iter, tol, chunk_size, 1, seeds_per_pass) for i in range(n_init)]
+        runs = [kmeans(x, k, seed + i, max_iter, tol, chunk_size, 1, seeds_per_pass, empty) for i in range(n_init)]
         return min(runs, key=lambda ids: _inertia(x, ids, k))
     n = x.shape[0]
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -68,6 +98,8 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, max_iter: int = 300, tol: flo
         counts = torch.bincount(ids, minlength=k).to(x.dtype)
         sums = torch.zeros_like(centres).index_add_(0, ids, x)
         new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)  # keep empty ones
+        if empty == "split":
+            _split_empty_clusters(new, counts, g)
         shift = ((new - centres) ** 2).sum().item()
         centres = new
         if shift <= threshold:
