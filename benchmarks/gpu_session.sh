@@ -16,6 +16,7 @@ python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvi
 python -m pytest -q tests/test_device_augment.py tests/test_loss.py 2>&1 | tail -3
 python benchmarks/throughput.py --data "$DATA" --compile
 python benchmarks/methods.py --device cuda --steps 30 --warmup 5
+python benchmarks/clustering.py --device cuda
 invaspread train --config cifar10 --data-dir "$DATA" --epochs 3 --out "$OUT/gpu-path" --set train.progress=false
 invaspread train --config cifar10 --data-dir "$DATA" --epochs 3 --out "$OUT/cpu-path" --set train.progress=false \
     --set augment.on_device=false --set data.num_workers=15
