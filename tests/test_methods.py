@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from conftest import cifar10_archive
+from conftest import REPO, cifar10_archive
 from invaspread.cli import main
 from invaspread.config import CHOICES, ConfigError, load_config
 from invaspread.engine import trainer
@@ -39,6 +39,13 @@ def build(name, n=40, seed=0):
 
 def test_config_choices_are_the_registry():
     assert set(CHOICES["method.name"]) == set(METHODS)
+
+
+@pytest.mark.parametrize("config", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
+def test_every_data_set_config_accepts_every_method(config):
+    for name in METHODS:
+        cfg = load_config(str(REPO / "configs" / f"{config}.yaml"), [f"method.name={name}"] + (["train.epochs=0"] if name == "random" else []))
+        assert cfg.method.name == name
 
 
 def test_misplaced_method_settings_are_errors():
@@ -91,11 +98,17 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", TRAINABLE)
-def test_interrupted_then_resumed_run_equals_uninterrupted_run(name, tmp_path, monkeypatch):
+# every trainable method, plus the state a resumed epoch must take from the checkpoint rather than recompute:
+# DeepCluster's pseudo-labels and classifier between re-clusterings, MOM's pools when mining again each epoch
+RESUMED = [(name, ()) for name in TRAINABLE] + [("deepcluster", ("method.deepcluster.reassign=2",)),
+                                               ("mom", ("method.mom.remine_every=1",))]
+
+
+@pytest.mark.parametrize("name, extra", RESUMED)
+def test_interrupted_then_resumed_run_equals_uninterrupted_run(name, extra, tmp_path, monkeypatch):
     """Stop a run right after its first checkpoint (as a kill at an epoch boundary would), resume it,
     and compare every piece of state: encoder, the method's banks/weights/constants, optimizer."""
-    cfg = tiny_cfg(name)
+    cfg = tiny_cfg(name, extra)
     trainer.fit(cfg, tmp_path / "full", log=lambda s: None)
 
     real_save = trainer.save_checkpoint
