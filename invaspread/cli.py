@@ -58,15 +58,16 @@ def cmd_train(args) -> int:
     from .engine.trainer import fit
 
     if args.resume:
-        if args.config or _overrides(args):
-            raise InvaspreadError("--resume continues a run with its saved config; drop --config/--set/--data-dir")
-        fit(None, args.resume, resume=True)
+        if args.config or args.out:
+            raise InvaspreadError("--resume continues the run in its own folder with its saved config; drop "
+                                  + " and ".join(f for f, v in (("--config", args.config), ("--out", args.out)) if v))
+        fit(None, args.resume, resume=True, overrides=_overrides(args))
         return 0
     name = args.config or "digits"
     cfg = load_config(resolve_config_path(name), _overrides(args))
     out = args.out or f"runs/{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"run folder: {out}")
-    fit(cfg, out)
+    fit(cfg, out, use_existing_folder=args.use_existing_folder)
     print(f"done; checkpoint {out}/last.pt, metrics {out}/metrics.jsonl")
     return 0
 
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="shortcut for --set train.device=DEVICE (auto, cpu, cuda)")
     train.add_argument("--out", help="run folder (default: runs/CONFIG-TIMESTAMP)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument("--use-existing-folder", action="store_true",
+                       help="let --out name a non-empty folder that is not a run: the run's files go beside the "
+                            "ones there (a file of the same name is never overwritten)")
     train.set_defaults(func=cmd_train)
 
     cf = sub.add_parser("config", help="print every config key with its value and meaning",

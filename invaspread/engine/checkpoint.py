@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -38,9 +39,15 @@ def save_checkpoint(state: dict, path) -> None:
     """Write ``state`` (plus its ``checksum``) to ``path`` via a temporary file + rename, so a kill never
     leaves half a file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({**state, "checksum": content_digest(state)}, tmp)
-    os.replace(tmp, path)
+    # a unique name created exclusively (never through an existing file or link), removed on any failure
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({**state, "checksum": content_digest(state)}, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -9,7 +9,6 @@ continues a run from ``last.pt`` exactly where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import Config, ConfigError, InvaspreadError, from_dict, save_config, validate
+from ..config import Config, ConfigError, InvaspreadError, from_dict, parse_override, save_config, set_key, validate
 from ..data.datasets import build_data
 from ..methods import build_method
 from ..models import build_model
@@ -26,6 +25,7 @@ from .batches import make_batches
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .evaluation import evaluate
 from .features import source_features
+from .run_folder import RunFolder
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,18 +104,59 @@ def _rng_state(device):
     return state
 
 
-def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Train (or resume) a run of ``cfg.method`` in ``out_dir``; returns the last metrics line."""
+# what may change when a run is resumed: its length, where its data lives, the lr (after a divergence), and
+# settings that do not change what is computed; anything else would make the run a different one
+RESUME_OVERRIDES = ("train.epochs", "optim.lr", "data.root", "data.test_root", "data.cache_dir", "data.num_workers",
+                    "train.device", "train.progress", "eval.batch_size")
+
+
+def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
+    """The saved config of a run, with the allowed ``overrides`` ("key=value") applied; refuses other keys
+    and a ``config.yaml`` edited by hand (the run continues from last.pt's config, never silently another)."""
+    import yaml
+
+    saved = validate(from_dict(state["config"], str(out_dir / "last.pt")))
+    on_disk = out_dir / "config.yaml"
+    if on_disk.is_file():
+        try:
+            edited = yaml.safe_load(on_disk.read_text())
+        except yaml.YAMLError:
+            edited = None
+        if edited != saved.to_dict():
+            changed = sorted(f"{section}.{key}" for section, values in (edited or {}).items() if isinstance(values, dict)
+                             for key in values if values[key] != saved.to_dict().get(section, {}).get(key))
+            raise ConfigError(f"{on_disk} was edited ({', '.join(changed) or 'unreadable'}); a resumed run continues "
+                              f"with the config saved in last.pt: undo the edit, and pass an allowed change on the "
+                              f"command line instead ({', '.join(RESUME_OVERRIDES)})")
+    cfg = from_dict(state["config"], str(out_dir / "last.pt"))
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key not in RESUME_OVERRIDES:
+            raise ConfigError(f"{key} cannot change when a run is resumed (it would be another run); allowed: "
+                              f"{', '.join(RESUME_OVERRIDES)}. Start a new run, e.g. with --set model.init_from="
+                              f"{out_dir}")
+        set_key(cfg, key, value, "--resume")
+    cfg = validate(cfg)
+    if cfg.train.epochs <= int(state["epoch"]) and overrides:
+        raise ConfigError(f"train.epochs={cfg.train.epochs}: the run in {out_dir} has done {state['epoch']} epochs "
+                          f"already; to extend it pass more")
+    return cfg
+
+
+def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str], None] = print,
+        use_existing_folder: bool = False, overrides=()) -> dict:
+    """Train (or resume) a run of ``cfg.method`` in ``out_dir``; returns the last metrics line.
+    ``use_existing_folder``: a new run may write beside foreign files of a non-empty ``out_dir``.
+    ``overrides`` ("key=value", resume only): the changes of ``RESUME_OVERRIDES``, recorded in the folder."""
     out_dir = Path(out_dir)
     state = None
     if resume:
         state = load_checkpoint(out_dir)
-        cfg = validate(from_dict(state["config"], str(out_dir / "last.pt")))
-    elif out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; a run needs a folder (choose another --out)")
-    elif (out_dir / "last.pt").exists():
-        raise ConfigError(f"{out_dir} already holds a run (last.pt); continue it with --resume {out_dir} "
-                          f"or choose another --out")
+        RunFolder.check_identity(out_dir, state)   # a copied-in last.pt is refused before anything else
+        cfg = resumed_config(state, out_dir, overrides)
+        state["overrides"] = [text for text in overrides or []]
+    else:
+        RunFolder.check_new(out_dir, use_existing_folder)   # before any work
     device = resolve_device(cfg.train.device)
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
@@ -152,21 +193,31 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     epochs = cfg.train.epochs
     batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size,
                            device) if epochs > start_epoch else None
-    # the run folder appears only once data, model and batches are built: a bad setting leaves nothing behind
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # the run folder appears only once data, model and batches are built: a bad setting leaves nothing behind;
+    # from here on this process owns it (an exclusive lock) until the run ends
+    folder = RunFolder.reopen(out_dir, state) if state is not None else RunFolder.create(out_dir, use_existing_folder)
+    try:
+        return _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log)
+    finally:
+        folder.release()
+
+
+def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log) -> dict:
+    """The epochs of ``fit`` in an open, locked run folder."""
+    out_dir, cuda, epochs = folder.path, device.type == "cuda", cfg.train.epochs
     save_config(cfg, out_dir / "config.yaml")
     log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
         f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training"))
 
-    metrics_path = out_dir / "metrics.jsonl"
-    if state is not None and metrics_path.exists():
-        # drop lines of an epoch that was interrupted after logging but before its checkpoint
-        kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= start_epoch]
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+    if state is not None:
+        # lines of an epoch interrupted after logging but before its checkpoint are set aside, not lost
+        folder.keep_epochs_up_to(start_epoch)
+        if state["overrides"]:
+            folder.record_overrides(start_epoch, state["overrides"])
+            log(f"resumed with {' '.join(state['overrides'])} (recorded in {out_dir / 'overrides.jsonl'})")
 
     def write(line: dict):
-        with metrics_path.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        folder.append_metrics(line)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in line.items()}
         log(" ".join(f"{k}={v}" for k, v in shown.items()))
 
@@ -178,7 +229,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         save_checkpoint({"version": CHECKPOINT_VERSION, "model": method.encoder.state_dict(),
                          "method": method_checkpoint_state(method), "optimizer": optimizer.state_dict(),
                          "schedule": {"lr": lr, "epochs_done": epoch}, "epoch": epoch, "config": cfg.to_dict(),
-                         "rng": _rng_state(device), "metrics": last}, out_dir / "last.pt")
+                         "rng": _rng_state(device), "metrics": last, "run_id": folder.run_id}, out_dir / "last.pt")
 
     def train_features(pooled: bool) -> torch.Tensor:
         """The un-augmented training set through the encoder in eval mode (evaluation transform)."""
@@ -238,11 +289,12 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         train_seconds = time.perf_counter() - t0
         finite_state = all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point())
         if not (torch.isfinite(total_loss) and finite_state):
-            kept = (f"{out_dir}/last.pt still holds epoch {epoch - 1}, the last finite one"
-                    if (out_dir / "last.pt").exists() else "no checkpoint was written")
             what = "the loss" if not torch.isfinite(total_loss) else "the network's weights"
-            raise InvaspreadError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; "
-                                  f"{kept}. Train again with a lower optim.lr (or a higher temperature)")
+            advice = (f"{out_dir}/last.pt still holds epoch {epoch - 1}, the last finite one: continue it with a lower "
+                      f"lr, e.g. invaspread train --resume {out_dir} --set optim.lr={cfg.optim.lr / 10:g}"
+                      if (out_dir / "last.pt").exists() else
+                      "no checkpoint was written: train again with a lower optim.lr (or a higher temperature)")
+            raise InvaspreadError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; {advice}")
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
                 "epoch_start_seconds": start_seconds,
                 "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}

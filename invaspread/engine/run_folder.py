@@ -1,0 +1,190 @@
+"""A run folder, owned by one process at a time, holding only files the run wrote.
+
+Files: ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (see ``trainer``), and two of ours:
+
+- ``.invaspread-run``: the run's identity (a random id, written when the run starts). Every checkpoint carries
+  the same id, so a ``last.pt`` copied in from another run is refused on ``--resume`` instead of adopted.
+- ``.invaspread.lock``: an exclusive ``flock`` held while a process trains in the folder, with the holder's
+  pid and host inside for the error message of a second process. The kernel releases it when the holder
+  dies, so a killed run never leaves a stale lock behind.
+
+History is never deleted: on resume, the metrics lines of an epoch that was logged but not checkpointed (and a
+half-written last line) move to ``metrics.interrupted.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+from ..config import ConfigError, InvaspreadError
+
+MARKER = ".invaspread-run"
+LOCK = ".invaspread.lock"
+OUR_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "metrics.interrupted.jsonl", "overrides.jsonl", MARKER, LOCK)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the other checks still hold
+    fcntl = None
+
+
+class RunFolder:
+    def __init__(self, path: Path, run_id: Optional[str]):
+        self.path, self.run_id = Path(path), run_id
+        self._lock_file = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    # -- opening ---------------------------------------------------------------------------------------------
+    @classmethod
+    def check_new(cls, path, allow_existing: bool = False) -> None:
+        """Refuse, before any work, an ``--out`` that a new run must not write into."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"--out {path} is a file; a run needs a folder (choose another --out)")
+        if (path / LOCK).exists():
+            probe = cls(path, None)
+            probe.lock()       # raises, naming the holder, while another process trains here
+            probe.release()
+        if (path / "last.pt").exists():
+            raise ConfigError(f"{path} already holds a run (last.pt); continue it with --resume {path} "
+                              f"or choose another --out")
+        if not path.is_dir() or (path / MARKER).exists():
+            return  # new, or a run of ours stopped before its first checkpoint: started again
+        foreign = sorted(p.name for p in path.iterdir() if p.name != LOCK)
+        if foreign and not allow_existing:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ConfigError(f"--out {path} is a folder that is not an invaspread run and is not empty ({shown}); "
+                              f"choose a new or empty folder, or add --use-existing-folder to write the run beside "
+                              f"these files")
+        clash = [name for name in OUR_FILES if name != LOCK and (path / name).exists()]
+        if clash:
+            raise ConfigError(f"--out {path} holds {', '.join(clash)} that no invaspread run wrote; it is never "
+                              f"overwritten: choose another --out")
+
+    @classmethod
+    def create(cls, path, allow_existing: bool = False) -> "RunFolder":
+        """A new run in ``path`` (created if needed), locked, with a fresh identity."""
+        cls.check_new(path, allow_existing)
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        folder = cls(path, None)
+        folder.lock()
+        if (path / "last.pt").exists():  # another process finished an epoch here while we were building
+            folder.release()
+            raise ConfigError(f"{path} already holds a run (last.pt); continue it with --resume {path} "
+                              f"or choose another --out")
+        if folder.metrics_path.exists():  # an earlier start of ours that never reached a checkpoint
+            folder._set_aside(folder.metrics_path.read_text().splitlines(), "a start without a checkpoint")
+            folder.metrics_path.unlink()
+        folder.run_id = uuid.uuid4().hex
+        _write_atomic(path / MARKER, json.dumps({"run_id": folder.run_id, "created": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        return folder
+
+    @classmethod
+    def reopen(cls, path, checkpoint: dict) -> "RunFolder":
+        """The folder of a run being resumed from ``checkpoint`` (its ``last.pt``), locked; refuses a
+        checkpoint whose identity is not the folder's."""
+        path = Path(path)
+        folder = cls(path, None)
+        folder.lock()
+        try:
+            ours = cls.check_identity(path, checkpoint)
+        except InvaspreadError:
+            folder.release()
+            raise
+        folder.run_id = ours or checkpoint.get("run_id") or uuid.uuid4().hex  # older versions carry no identity
+        marker = path / MARKER
+        if ours is None:
+            _write_atomic(marker, json.dumps({"run_id": folder.run_id, "created": "before run identities"}))
+        return folder
+
+    @staticmethod
+    def check_identity(path, checkpoint: dict) -> Optional[str]:
+        """The folder's run id; refuses a ``checkpoint`` of another run (a ``last.pt`` copied in)."""
+        path = Path(path)
+        marker = path / MARKER
+        ours = json.loads(marker.read_text()).get("run_id") if marker.is_file() else None
+        theirs = checkpoint.get("run_id")
+        if ours is not None and theirs != ours:
+            raise InvaspreadError(f"{path}/last.pt belongs to another run ({theirs or 'no run id'}) than this folder's "
+                                  f"config and metrics ({ours}): it was copied in. Resume the run in the folder it "
+                                  f"came from, or start a new run from its network with --set model.init_from=FILE")
+        return ours
+
+    # -- the lock --------------------------------------------------------------------------------------------
+    def lock(self) -> None:
+        if fcntl is None:
+            return
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise InvaspreadError(f"{self.path} is in use by {holder}: one run folder takes one training at a "
+                                  f"time (wait for it, or choose another --out)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._lock_file = handle
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file = None
+
+    # -- metrics ---------------------------------------------------------------------------------------------
+    def keep_epochs_up_to(self, epoch: int) -> None:
+        """Before resuming after ``epoch``: lines of later (uncheckpointed) epochs and unreadable lines are
+        moved to ``metrics.interrupted.jsonl``; the kept lines stay in order."""
+        if not self.metrics_path.exists():
+            return
+        kept, aside = [], []
+        for line in self.metrics_path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                keep = isinstance(record, dict) and int(record["epoch"]) <= epoch
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            (kept if keep else aside).append(line)
+        if aside:
+            self._set_aside(aside, f"resumed after epoch {epoch}")
+            _write_atomic(self.metrics_path, "".join(ln + "\n" for ln in kept))
+
+    def _set_aside(self, lines, why: str) -> None:
+        with (self.path / "metrics.interrupted.jsonl").open("a") as fh:
+            fh.write(json.dumps({"set_aside": why, "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+            fh.writelines(ln + "\n" for ln in lines if ln.strip())
+
+    def record_overrides(self, epoch: int, overrides) -> None:
+        """Append the settings changed on a resume to ``overrides.jsonl`` (config.yaml shows the result)."""
+        with (self.path / "overrides.jsonl").open("a") as fh:
+            fh.write(json.dumps({"resumed_after_epoch": epoch, "overrides": list(overrides),
+                                 "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+
+    def append_metrics(self, line: dict) -> None:
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
