@@ -1,4 +1,4 @@
-"""``invaspread`` command line: train, resume, evaluate, embed."""
+"""``invaspread`` command line: train, resume, evaluate, embed, cache."""
 
 from __future__ import annotations
 
@@ -159,6 +159,23 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """List or empty the decoded-image cache."""
+    from .data.cache import cache_folder, clear_entries, list_entries
+
+    folder = cache_folder(args.cache_dir)
+    if args.action == "clear":
+        freed = clear_entries(args.cache_dir)
+        print(f"{folder}: removed {freed / 1024 ** 2:.1f} MiB")
+        return 0
+    entries = list_entries(args.cache_dir)
+    print(f"{folder}: {len(entries)} entries, {sum(size for _, size, _ in entries) / 1024 ** 2:.1f} MiB")
+    for path, size, meta in entries:
+        what = meta.get("archive", meta.get("state", "?"))
+        print(f"  {path.name}  {size / 1024 ** 2:8.1f} MiB  {meta.get('created', '')}  {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -218,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--device", help="auto, cpu or cuda")
     em.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     em.set_defaults(func=cmd_embed)
+
+    ca = sub.add_parser("cache", help="list or empty the decoded-image cache",
+                        description="Archives (the CIFAR-10 JPEG copy, ...) are decoded once into a checked cache "
+                                    "entry per archive content; subsets are sliced from it. 'list' shows the "
+                                    "entries, 'clear' removes them (they are rebuilt when next needed).")
+    ca.add_argument("action", choices=["list", "clear"])
+    ca.add_argument("--cache-dir", help="cache folder (default: $INVASPREAD_CACHE, else ~/.cache/invaspread)")
+    ca.set_defaults(func=cmd_cache)
     return parser
 
 

@@ -104,6 +104,8 @@ class TrainConfig:
     eval_every: int = 1  # kNN every N epochs (and always after the last); 0 = only at the end
     eval_at_start: bool = True  # also evaluate the untrained network (epoch 0)
     progress: bool = True  # a progress bar per epoch
+    keep: int = 0  # also keep the checkpoints of the last K epochs as epoch-NNNN.pt beside last.pt (0: last.pt only)
+    save_epochs: List[int] = field(default_factory=list)  # epochs whose checkpoint is kept for good (e.g. [1, 10, 100])
 
 
 @dataclass
@@ -250,6 +252,10 @@ def validate(cfg: Config) -> Config:
                        ("method.nce.momentum", cfg.method.nce.momentum)):
         if not 0 <= value < 1:
             raise ConfigError(f"{key}={value!r}: expected 0 <= momentum < 1")
+    if cfg.train.keep < 0:
+        raise ConfigError(f"train.keep={cfg.train.keep}: expected 0 (last.pt only) or a number of epochs to keep")
+    if any(e < 1 for e in cfg.train.save_epochs):
+        raise ConfigError(f"train.save_epochs={cfg.train.save_epochs}: expected epoch numbers >= 1")
     if cfg.train.epochs < 0:
         raise ConfigError(f"train.epochs={cfg.train.epochs}: expected 0 (evaluate only) or more")
     if cfg.method.name == "random" and cfg.train.epochs != 0:

@@ -183,3 +183,17 @@ def test_a_diverged_run_resumes_from_its_last_finite_epoch_with_the_advised_lowe
     advised = message.split("--set ")[-1].split()[0]
     assert resume(run, "--set", advised) == 0
     assert epochs_logged(run) == [0, 1, 2] and load_checkpoint(run)["epoch"] == 2
+
+
+def test_keep_and_save_epochs_leave_earlier_checkpoints_to_go_back_to(tmp_path):
+    """train.keep=2 keeps the last two epochs' checkpoints (a collapse at the end leaves good ones), and
+    train.save_epochs keeps chosen ones for good; each loads and equals what last.pt held then."""
+    run = tmp_path / "run"
+    fit(load_config(None, TINY + ["train.epochs=4", "train.keep=2", "train.save_epochs=[1]"]), run, log=lambda s: None)
+    assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-0001.pt", "epoch-0003.pt", "epoch-0004.pt"]
+    assert [load_checkpoint(run / f"epoch-{e:04d}.pt")["epoch"] for e in (1, 3, 4)] == [1, 3, 4]
+    last = load_checkpoint(run)
+    kept = load_checkpoint(run / "epoch-0004.pt")
+    assert all((last["model"][k] == kept["model"][k]).all() for k in last["model"])
+    with pytest.raises(ConfigError, match="train.keep=-1"):
+        load_config(None, ["train.keep=-1"])

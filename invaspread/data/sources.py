@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import re
 import tarfile
@@ -25,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 from ..config import InvaspreadError
+from .cache import cache_folder, entry_lock, file_digest, load_entry, store_entry
+from .cache import metadata as cache_metadata
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff")
 IN_MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
@@ -178,23 +179,39 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
                              cache_dir: Optional[str] = None, progress: bool = False) -> dict:
     """Decode an ImageFolder-layout ``.tar.gz`` (``[prefix/]split/<class>/<file>``) into ArrayImages.
 
-    Returns {split: ArrayImages}. ``per_class[split]`` keeps only the first N files (by name) of each
-    class. Decoded arrays are cached as ``.npz`` keyed by the archive's path, size and mtime.
+    Returns {split: ArrayImages}, rows ordered by (class, file name). ``per_class[split]`` keeps only the
+    first N files (by name) of each class. The whole archive is decoded once into a checked cache entry
+    keyed by its content (``invaspread.data.cache``); subsets are slices of it.
     """
     archive = Path(archive)
     if not archive.is_file():
         raise DataError(f"archive {archive} does not exist")
     per_class = per_class or {}
-    stat = archive.stat()
-    key = hashlib.sha1(f"{archive.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{sorted(splits)}|"
-                       f"{sorted(per_class.items())}".encode()).hexdigest()[:16]
-    cache = Path(cache_dir or os.environ.get("INVASPREAD_CACHE", Path.home() / ".cache" / "invaspread"))
-    cache_file = cache / f"{archive.name.split('.')[0]}-{key}.npz"
-    if cache_file.is_file():
-        with np.load(cache_file, allow_pickle=False) as z:
-            return {s: ArrayImages(z[f"{s}_images"], z[f"{s}_labels"], [str(c) for c in z["classes"]])
-                    for s in splits}
+    key = hashlib.sha1(f"{file_digest(archive)}|{sorted(splits)}".encode()).hexdigest()[:16]
+    entry = cache_folder(cache_dir) / f"{archive.name.split('.')[0]}-{key}.npz"
+    arrays = load_entry(entry)
+    if arrays is None:
+        with entry_lock(entry):
+            arrays = load_entry(entry)  # built by another process while this one waited for the lock
+            if arrays is None:
+                arrays = _decode_archive(archive, splits, progress)
+                store_entry(entry, {**arrays, "__meta__": cache_metadata(archive, splits)})
+    classes = [str(c) for c in arrays["classes"]]
+    out = {}
+    for s in splits:
+        images, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
+        if per_class.get(s) is not None:
+            keep = first_per_class(labels, per_class[s])
+            images, labels = images[keep], labels[keep]
+        out[s] = ArrayImages(images, labels, classes)
+    return out
 
+
+MAX_MEMBER_BYTES = 256 * 1024 ** 2  # no image file is this large; a bigger member is refused, never read
+
+
+def _decode_archive(archive: Path, splits: Sequence[str], progress: bool) -> dict:
+    """Every image of ``splits`` in the archive: {"classes", "<split>_images", "<split>_labels"} arrays."""
     pattern = re.compile(r"^(?:.*/)?(" + "|".join(map(re.escape, splits)) + r")/([^/]+)/([^/]+)$")
     raw: dict = {s: defaultdict(list) for s in splits}  # split -> class -> [(name, bytes)]
     try:
@@ -203,6 +220,9 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
                 m = pattern.match(member.name)
                 if not member.isfile() or m is None or not _is_image(m.group(3)):
                     continue
+                if member.size > MAX_MEMBER_BYTES:
+                    raise DataError(f"{archive}: member {member.name} is {member.size / 1024 ** 2:.0f} MiB; an image "
+                                    f"file over {MAX_MEMBER_BYTES // 1024 ** 2} MiB is refused (not read)")
                 raw[m.group(1)][m.group(2)].append((m.group(3), tar.extractfile(member).read()))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"cannot read archive {archive}: {err}") from err
@@ -211,15 +231,15 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
         raise DataError(f"archive {archive} has no images laid out as {'|'.join(splits)}/<class>/<file>")
     from tqdm.auto import tqdm
 
-    out = {}
+    out = {"classes": np.asarray(classes)}
     for s in splits:
         images, labels = [], []
         todo = [(label, f"{s}/{c}/{name}", data) for label, c in enumerate(classes)
-                for name, data in sorted(raw[s].get(c, []))[: per_class.get(s)]]
+                for name, data in sorted(raw[s].get(c, []))]
         for label, member, data in tqdm(todo, desc=f"decoding {archive.name} {s}", disable=not progress, leave=False):
             try:
                 images.append(np.asarray(to_rgb(Image.open(io.BytesIO(data)), f"{archive}: {member}")))
-            except (OSError, ValueError) as err:
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
                 raise DataError(f"{archive}: member {member} is not a readable image ({err})") from err
             labels.append(label)
         if not images:
@@ -227,16 +247,7 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
         shapes = {im.shape for im in images}
         if len(shapes) != 1:
             raise DataError(f"archive {archive}: images of split '{s}' differ in size {sorted(shapes)[:3]}")
-        out[s] = ArrayImages(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, classes=np.asarray(classes),
-                 **{f"{s}_images": a.images for s, a in out.items()},
-                 **{f"{s}_labels": a.labels for s, a in out.items()})
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass  # a read-only cache is not an error
+        out[f"{s}_images"], out[f"{s}_labels"] = np.stack(images), np.asarray(labels, dtype=np.int64)
     return out
 
 

@@ -1,6 +1,7 @@
 """A run folder, owned by one process at a time, holding only files the run wrote.
 
-Files: ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (see ``trainer``), and two of ours:
+Files: ``config.yaml``, ``metrics.jsonl``, ``last.pt`` (see ``trainer``), ``epoch-NNNN.pt`` (``train.keep``,
+``train.save_epochs``), ``overrides.jsonl`` (settings changed on resume), and two of ours:
 
 - ``.invaspread-run``: the run's identity (a random id, written when the run starts). Every checkpoint carries
   the same id, so a ``last.pt`` copied in from another run is refused on ``--resume`` instead of adopted.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -168,6 +170,23 @@ class RunFolder:
         with (self.path / "metrics.interrupted.jsonl").open("a") as fh:
             fh.write(json.dumps({"set_aside": why, "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
             fh.writelines(ln + "\n" for ln in lines if ln.strip())
+
+    def keep_checkpoints(self, epoch: int, keep: int, save_epochs) -> None:
+        """After ``last.pt`` of ``epoch`` is written: keep it as ``epoch-NNNN.pt`` when it is among the last
+        ``keep`` epochs or in ``save_epochs`` (``train.keep``, ``train.save_epochs``), and drop the kept ones
+        that are neither any more. A hard link where the file system has them (no extra space: the next
+        ``last.pt`` is a new file), else a copy."""
+        if keep > 0 or epoch in save_epochs:
+            target = self.path / f"epoch-{epoch:04d}.pt"
+            target.unlink(missing_ok=True)
+            try:
+                os.link(self.path / "last.pt", target)
+            except OSError:
+                shutil.copy2(self.path / "last.pt", target)
+        for old in self.path.glob("epoch-*.pt"):
+            number = int(old.stem.split("-")[1]) if old.stem.split("-")[1].isdigit() else None
+            if number is not None and number not in save_epochs and number <= epoch - keep:
+                old.unlink()
 
     def record_overrides(self, epoch: int, overrides) -> None:
         """Append the settings changed on a resume to ``overrides.jsonl`` (config.yaml shows the result)."""

@@ -230,6 +230,7 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
                          "method": method_checkpoint_state(method), "optimizer": optimizer.state_dict(),
                          "schedule": {"lr": lr, "epochs_done": epoch}, "epoch": epoch, "config": cfg.to_dict(),
                          "rng": _rng_state(device), "metrics": last, "run_id": folder.run_id}, out_dir / "last.pt")
+        folder.keep_checkpoints(epoch, cfg.train.keep, cfg.train.save_epochs)
 
     def train_features(pooled: bool) -> torch.Tensor:
         """The un-augmented training set through the encoder in eval mode (evaluation transform)."""
