@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..config import ConfigError
 from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor
+from ..data.sources import DataError
 from ..data.device_augment import DeviceAugment
 from ..data.transforms import train_transform
 
@@ -60,9 +61,12 @@ class CPUBatches:
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=plan is None, drop_last=True,
                             num_workers=self.num_workers, generator=torch.Generator().manual_seed(s),
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for view_list, idx in loader:
-            yield (torch.stack([v.to(self.device, non_blocking=True) for v in view_list]),
-                   idx.to(self.device, non_blocking=True))
+        try:
+            for view_list, idx in loader:
+                yield (torch.stack([v.to(self.device, non_blocking=True) for v in view_list]),
+                       idx.to(self.device, non_blocking=True))
+        except DataError as err:  # re-raised from a worker with its whole traceback in the message: keep its line
+            raise DataError(str(err).strip().splitlines()[-1].split("DataError: ", 1)[-1]) from None
 
 
 class DeviceBatches:

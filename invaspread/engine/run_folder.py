@@ -77,7 +77,10 @@ class RunFolder:
         """A new run in ``path`` (created if needed), locked, with a fresh identity."""
         cls.check_new(path, allow_existing)
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InvaspreadError(f"cannot create the run folder {path}: {err.strerror or err}") from err
         folder = cls(path, None)
         folder.lock()
         if (path / "last.pt").exists():  # another process finished an epoch here while we were building

@@ -9,6 +9,7 @@ continues a run from ``last.pt`` exactly where it stopped.
 
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import time
@@ -198,6 +199,14 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     folder = RunFolder.reopen(out_dir, state) if state is not None else RunFolder.create(out_dir, use_existing_folder)
     try:
         return _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):
+            raise
+        then = (f"{out_dir}/last.pt holds the last epoch written: free space or fix permissions, then continue "
+                f"with --resume {out_dir}" if (out_dir / "last.pt").exists() else
+                "no epoch was saved: free space or fix permissions, then train again")
+        raise InvaspreadError(f"cannot write to the run folder {out_dir}: {err.strerror} "
+                              f"({err.filename or 'a file'}); {then}") from err
     finally:
         folder.release()
 
