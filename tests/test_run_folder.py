@@ -197,3 +197,20 @@ def test_keep_and_save_epochs_leave_earlier_checkpoints_to_go_back_to(tmp_path):
     assert all((last["model"][k] == kept["model"][k]).all() for k in last["model"])
     with pytest.raises(ConfigError, match="train.keep=-1"):
         load_config(None, ["train.keep=-1"])
+
+
+def test_a_resume_with_overrides_interrupted_before_its_first_epoch_can_resume_again(tmp_path, monkeypatch):
+    import invaspread.engine.trainer as trainer
+
+    run = tmp_path / "run"
+    fit(tiny(epochs=1), run, log=lambda s: None)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(None, run, resume=True, overrides=["train.epochs=2"], log=lambda s: None)
+    monkeypatch.undo()
+    fit(None, run, resume=True, log=lambda s: None)             # config.yaml and last.pt agree: no "edited"
+    assert epochs_logged(run) == [0, 1, 2]

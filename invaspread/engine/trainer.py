@@ -214,6 +214,9 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
 def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log) -> dict:
     """The epochs of ``fit`` in an open, locked run folder."""
     out_dir, cuda, epochs = folder.path, device.type == "cuda", cfg.train.epochs
+    if state is not None and state["overrides"]:  # last.pt and config.yaml agree on the changed config at once
+        save_checkpoint({**{k: v for k, v in state.items() if k != "overrides"}, "config": cfg.to_dict()},
+                        out_dir / "last.pt")
     save_config(cfg, out_dir / "config.yaml")
     log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
         f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training"))
@@ -273,7 +276,7 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         total_loss = torch.zeros((), device=device)
         plan = method.epoch_plan()
         steps = batches.steps(plan)
-        if steps == 0:
+        if steps == 0 and plan is not None:
             raise ConfigError(f"method {cfg.method.name} planned {plan.shape[0]} items for epoch {epoch}, fewer than "
                               f"train.batch_size={cfg.train.batch_size}")
         stream = batches.epoch(cfg.train.seed, epoch, method.views, method.second_view_index(), plan)
