@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..ops.distributed import gather_rows
 from .precision import at_least_float32
 
 VARIANTS = ("reference", "paper")
@@ -75,6 +76,11 @@ class InvaSpreadLoss(nn.Module):
             ``"hard"`` keeps, per anchor, the ``negative_fraction`` most similar negatives, ``"easy"`` the
             least similar; the others leave both Z_a and the sum over j. The selection carries no gradient.
         negative_fraction: share of the 2N - 2 negatives kept by "hard" / "easy" (paper: 50%).
+        gather_distributed: in a process group, every rank's local rows are anchors against the keys of
+            *all* ranks (``ops.distributed.gather_rows``): the mean over ranks of the returned losses is the
+            loss of the concatenated batch, and each rank's gradient on its own rows is world size x that
+            of the concatenated batch, which DDP's gradient averaging turns into single-process training.
+            Keys are gathered with gradient unless ``stop_gradient``. Every rank must hold the same N.
 
     Shapes:
         z1, z2: (N, d) L2-normalised embeddings of two views; row i of both is the same instance.
@@ -82,7 +88,7 @@ class InvaSpreadLoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.1, variant: str = "reference", stop_gradient: bool = True,
-                 negatives: str = "all", negative_fraction: float = 0.5):
+                 negatives: str = "all", negative_fraction: float = 0.5, gather_distributed: bool = False):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"InvaSpreadLoss variant must be one of {VARIANTS}, got {variant!r}")
@@ -98,6 +104,7 @@ class InvaSpreadLoss(nn.Module):
         self.variant = variant
         self.stop_gradient = bool(stop_gradient)
         self.negatives, self.negative_fraction = negatives, float(negative_fraction)
+        self.gather_distributed = bool(gather_distributed)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, variant={self.variant!r}, stop_gradient={self.stop_gradient}, "
@@ -120,14 +127,25 @@ class InvaSpreadLoss(nn.Module):
                 return self._reference(z1, z2)
             return self._paper(z1, z2)
 
+    def _keys(self, z: torch.Tensor):
+        """(all keys, offset of the local rows among them): the local rows, or every rank's when gathering."""
+        if self.gather_distributed:
+            return gather_rows(z, with_grad=not self.stop_gradient)
+        return z, 0
+
     def _reference(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         n = z1.shape[0]
-        x = torch.cat([z1, z2], dim=0)                                    # (2N, d)
-        logits = x @ self._key(x).t() / self.temperature                  # (2N, 2N), s_ak
-        eye = torch.eye(2 * n, dtype=torch.bool, device=x.device)
-        logits = logits.masked_fill(eye, float("-inf"))                   # Z_a excludes k = a
+        x = torch.cat([z1, z2], dim=0)                                    # (2n, d) local anchors
+        keys1, offset = self._keys(z1)
+        keys2, _ = self._keys(z2)
+        total = keys1.shape[0]                                            # N: instances over all ranks
+        logits = x @ self._key(torch.cat([keys1, keys2])).t() / self.temperature   # (2n, 2N), s_ak
         rows = torch.arange(2 * n, device=x.device)
-        positive = (rows + n) % (2 * n)                                   # p(a): the other view
+        instance = offset + rows % n                                      # global instance of each anchor
+        own = instance + total * (rows >= n)                              # column of the anchor itself
+        positive = instance + total * (rows < n)                          # p(a): the other view
+        eye = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, own[:, None], True)
+        logits = logits.masked_fill(eye, float("-inf"))                   # Z_a excludes k = a
         is_negative = ~eye
         is_negative[rows, positive] = False
         if self.negatives != "all":
@@ -137,8 +155,10 @@ class InvaSpreadLoss(nn.Module):
         log_p = logits.gather(1, positive[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
         log_not_q = log_one_minus_softmax(logits).masked_fill(~is_negative, 0.0)
         if self.negatives == "released":
-            kept = self._kept(2 * n)
-            return -(log_p.sum() + self.negative_fraction * log_not_q.sum()) / (kept + 1)
+            kept = self._kept(logits.shape[1])
+            # a sum over anchors (not a mean): each of the N / n ranks carries its share x N / n, so that the
+            # mean over ranks is the sum over all anchors
+            return -(log_p.sum() + self.negative_fraction * log_not_q.sum()) * (total // n) / (kept + 1)
         return -(log_p.sum() + log_not_q.sum()) / (2 * n)
 
     def _kept(self, rows: int) -> int:
@@ -157,12 +177,14 @@ class InvaSpreadLoss(nn.Module):
 
     def _paper(self, f: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
         n = f.shape[0]
-        weights = self._key(f)                                            # f_k, the softmax "classes"
+        all_f, offset = self._keys(f)
+        weights = self._key(all_f)                                        # f_k, the softmax "classes"
+        own = offset + torch.arange(n, device=f.device)                   # column of each local instance
         # Eq. 3: row i holds f_k . f^_i / tau over k; the target class is i.
-        aug_logits = f_hat @ weights.t() / self.temperature               # (N, N)
-        log_p_aug = torch.diagonal(aug_logits) - torch.logsumexp(aug_logits, dim=1)
+        aug_logits = f_hat @ weights.t() / self.temperature               # (n, N)
+        log_p_aug = aug_logits.gather(1, own[:, None]).squeeze(1) - torch.logsumexp(aug_logits, dim=1)
         # Eq. 4: row j holds f_k . f_j / tau over k (k = j included); P(i|x_j) is column i.
-        orig_logits = f @ weights.t() / self.temperature                  # (N, N)
-        off_diagonal = ~torch.eye(n, dtype=torch.bool, device=f.device)
-        log_not_p = log_one_minus_softmax(orig_logits).masked_fill(~off_diagonal, 0.0)
+        orig_logits = f @ weights.t() / self.temperature                  # (n, N)
+        diagonal = torch.zeros_like(orig_logits, dtype=torch.bool).scatter_(1, own[:, None], True)
+        log_not_p = log_one_minus_softmax(orig_logits).masked_fill(diagonal, 0.0)
         return -(log_p_aug.sum() + log_not_p.sum()) / n
