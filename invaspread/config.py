@@ -64,6 +64,7 @@ class ModelConfig:
     embedding_dim: int = 128  # size of the L2-normalised embedding (paper: 128)
     bn_groups: int = 1  # BatchNorm statistics over all images of a step (1) or G chunks (released code: 4 GPUs)
     frozen_bn: Optional[bool] = None  # BatchNorm keeps its running statistics in training; null = when pretrained
+    sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks' images (false: each rank's share, like the released DataParallel)
     init_from: Optional[str] = None  # a run folder or .pt whose network initialises this one (fine-tuning)
     pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
 

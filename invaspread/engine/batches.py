@@ -8,7 +8,9 @@ passes ``plan`` (L, V) instead: the epoch is its rows in order, view v of row l 
 
 Both sources draw everything random in an epoch (shuffle order, augmentation) from generators
 seeded by (seed, epoch), so a run resumed at an epoch boundary repeats exactly what an
-uninterrupted run does.
+uninterrupted run does. Under torchrun the permutation is the same on every rank and each rank takes
+its slice of every global batch; a 1-process CPU run shuffles with the DataLoader instead (same seed,
+another draw), so only the device path gives K processes the very instances of one process.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor
 from ..data.sources import DataError
 from ..data.device_augment import DeviceAugment
 from ..data.transforms import train_transform
+from ..ops.distributed import world
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -39,6 +42,7 @@ class CPUBatches:
         self.source = source
         self.transform = train_transform(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize)
         self.batch_size, self.device = batch_size, device
+        self.rank, self.world = world()
         # more workers than CPUs only adds contention (configs are written for GPU machines)
         self.num_workers = min(data_cfg.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                else os.cpu_count() or 1)
@@ -52,15 +56,21 @@ class CPUBatches:
     def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None,
               plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
-        torch.manual_seed(s)  # augmentation RNG when num_workers == 0
+        torch.manual_seed(s + self.rank)  # augmentation RNG when num_workers == 0 (each rank its own)
         if plan is not None:
             dataset = PlannedViewsDataset(self.source, self.transform, _checked_plan(plan, views, len(self.source)))
         else:
             second = None if second_index is None else second_index.cpu().numpy()
             dataset = ViewsDataset(self.source, self.transform, views, second)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=plan is None, drop_last=True,
-                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(s),
-                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        common = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda", persistent_workers=False)
+        if self.world == 1:
+            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=plan is None, drop_last=True,
+                                generator=torch.Generator().manual_seed(s), **common)
+        else:  # this rank's slice of every global batch of the epoch's permutation (or of the plan's rows)
+            order = (torch.randperm(len(self.source), generator=torch.Generator().manual_seed(s)) if plan is None
+                     else torch.arange(plan.shape[0]))
+            loader = DataLoader(dataset, batch_sampler=_rank_slices(order, self.batch_size, self.rank, self.world),
+                                generator=torch.Generator().manual_seed(s + self.rank), **common)
         try:
             for view_list, idx in loader:
                 yield (torch.stack([v.to(self.device, non_blocking=True) for v in view_list]),
@@ -77,6 +87,7 @@ class DeviceBatches:
         self.images = images_as_tensor(source).to(device).contiguous()   # (N, 3, H, W) uint8
         self.augment = DeviceAugment(data_cfg.image_size, aug_cfg, mean, std)
         self.batch_size, self.device = batch_size, device
+        self.rank, self.world = world()
 
     def __len__(self):
         return self.images.shape[0] // self.batch_size
@@ -87,22 +98,31 @@ class DeviceBatches:
     def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None,
               plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
-        gen = torch.Generator(device=self.device).manual_seed(s)
+        gen = torch.Generator(device=self.device).manual_seed(s + self.rank)
+        local = self.batch_size // self.world           # this rank's share of every global batch
+        start = self.rank * local
         if plan is not None:
             plan = _checked_plan(plan, views, self.images.shape[0]).to(self.device)
             for b in range(self.steps(plan)):
-                rows = torch.arange(b * self.batch_size, (b + 1) * self.batch_size, device=self.device)
+                rows = torch.arange(b * self.batch_size + start, b * self.batch_size + start + local, device=self.device)
                 out = self.augment(self.images[plan[rows].t().flatten()], gen)     # view-major, like below
                 yield out.view(views, len(rows), *out.shape[1:]), rows
             return
         order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
         second_index = None if second_index is None else second_index.to(self.device)
         for b in range(len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            idx = order[b * self.batch_size + start:b * self.batch_size + start + local]
             second = idx if second_index is None else second_index[idx]
             # all views in one call: one set of kernel launches for V x B images
             out = self.augment(self.images[torch.cat([idx] + [second] * (views - 1))], gen)
             yield out.view(views, len(idx), *out.shape[1:]), idx
+
+
+def _rank_slices(order: torch.Tensor, batch_size: int, rank: int, world_size: int):
+    """[[ids of this rank's share of global batch b] for every full global batch b of ``order``]."""
+    local = batch_size // world_size
+    return [order[b * batch_size + rank * local:b * batch_size + (rank + 1) * local].tolist()
+            for b in range(order.shape[0] // batch_size)]
 
 
 def _checked_plan(plan: torch.Tensor, views: int, num_images: int) -> torch.Tensor:
@@ -125,6 +145,11 @@ def use_device_batches(source, aug_cfg, device: torch.device) -> bool:
 
 
 def make_batches(source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
+    """``batch_size`` is the global number of instances per step; under torchrun each rank yields its equal
+    share of every global batch (same instances per step as one process; augmentation drawn per rank)."""
+    if batch_size % world()[1]:
+        raise ConfigError(f"train.batch_size={batch_size} is the global batch: it must divide evenly over the "
+                          f"{world()[1]} processes")
     if len(source) < batch_size:
         raise ConfigError(f"train.batch_size={batch_size} is larger than the {len(source)} training images")
     cls = DeviceBatches if use_device_batches(source, aug_cfg, device) else CPUBatches

@@ -22,6 +22,7 @@ from ..config import Config, ConfigError, InvaspreadError, from_dict, parse_over
 from ..data.datasets import build_data
 from ..methods import build_method
 from ..models import build_model
+from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .evaluation import evaluate
@@ -61,11 +62,12 @@ def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
     return lr
 
 
-def train_step(method, optimizer, views, index, bf16: bool) -> torch.Tensor:
-    """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast on CUDA."""
+def train_step(method, optimizer, views, index, bf16: bool, runner=None) -> torch.Tensor:
+    """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast on CUDA.
+    ``runner``: the method wrapped in ``DistributedDataParallel`` under torchrun."""
     device_type = views.device.type
     with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
-        loss = method.training_step(views, index)
+        loss = (runner or method)(views, index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -156,9 +158,24 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         RunFolder.check_identity(out_dir, state)   # a copied-in last.pt is refused before anything else
         cfg = resumed_config(state, out_dir, overrides)
         state["overrides"] = [text for text in overrides or []]
-    else:
+    device, started_group = start_from_environment(resolve_device(cfg.train.device))   # torchrun: join the group
+    main_process = world()[0] == 0   # under torchrun rank 0 alone owns the run folder and prints
+    if not main_process:
+        log = _silent
+    elif not resume:
         RunFolder.check_new(out_dir, use_existing_folder)   # before any work
-    device = resolve_device(cfg.train.device)
+    try:
+        return _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log)
+    finally:
+        if started_group:
+            torch.distributed.destroy_process_group()
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+def _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log) -> dict:
     cuda = device.type == "cuda"
     torch.manual_seed(cfg.train.seed)
 
@@ -179,6 +196,8 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     if (method.views * cfg.train.batch_size) % cfg.model.bn_groups:
         raise ConfigError(f"model.bn_groups={cfg.model.bn_groups} must divide the {method.views} x "
                           f"{cfg.train.batch_size} images of a step (method {cfg.method.name})")
+    if world()[1] > 1 and cfg.model.sync_bn:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)   # before the optimizer sees parameters
     optimizer = build_optimizer(method.parameters(), cfg.optim)
     start_epoch = 0
     if state is not None:
@@ -194,11 +213,18 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     epochs = cfg.train.epochs
     batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size,
                            device) if epochs > start_epoch else None
+    runner = None
+    if world()[1] > 1:  # parameters and buffers start as rank 0's; banks, clusters, plans are synchronised apart
+        runner = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if cuda else None,
+                                                           broadcast_buffers=False)
+    if not main_process:
+        return _train(cfg, method, optimizer, batches, bundle, device, None, state, start_epoch, False, log, runner)
     # the run folder appears only once data, model and batches are built: a bad setting leaves nothing behind;
     # from here on this process owns it (an exclusive lock) until the run ends
     folder = RunFolder.reopen(out_dir, state) if state is not None else RunFolder.create(out_dir, use_existing_folder)
     try:
-        return _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log)
+        return _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log,
+                      runner)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):
             raise
@@ -211,24 +237,22 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         folder.release()
 
 
-def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log) -> dict:
-    """The epochs of ``fit`` in an open, locked run folder."""
-    out_dir, cuda, epochs = folder.path, device.type == "cuda", cfg.train.epochs
-    if state is not None and state["overrides"]:  # last.pt and config.yaml agree on the changed config at once
-        save_checkpoint({**{k: v for k, v in state.items() if k != "overrides"}, "config": cfg.to_dict()},
-                        out_dir / "last.pt")
-    save_config(cfg, out_dir / "config.yaml")
+def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log,
+           runner=None) -> dict:
+    """The epochs of ``fit`` in an open, locked run folder (``folder`` None: a torchrun rank other than 0,
+    which trains its share and writes nothing)."""
+    main = folder is not None
+    cuda, epochs = device.type == "cuda", cfg.train.epochs
+    out_dir = folder.path if main else None
+    if main:
+        _open_run_files(cfg, folder, state, start_epoch, log)
     log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
-        f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training"))
-
-    if state is not None:
-        # lines of an epoch interrupted after logging but before its checkpoint are set aside, not lost
-        folder.keep_epochs_up_to(start_epoch)
-        if state["overrides"]:
-            folder.record_overrides(start_epoch, state["overrides"])
-            log(f"resumed with {' '.join(state['overrides'])} (recorded in {out_dir / 'overrides.jsonl'})")
+        f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training")
+        + (f", {world()[1]} processes" if world()[1] > 1 else ""))
 
     def write(line: dict):
+        if not main:
+            return
         folder.append_metrics(line)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in line.items()}
         log(" ".join(f"{k}={v}" for k, v in shown.items()))
@@ -238,6 +262,8 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         return epoch == epochs or (every > 0 and epoch % every == 0)
 
     def checkpoint(epoch: int, lr: float, last: dict):
+        if not main:
+            return
         save_checkpoint({"version": CHECKPOINT_VERSION, "model": method.encoder.state_dict(),
                          "method": method_checkpoint_state(method), "optimizer": optimizer.state_dict(),
                          "schedule": {"lr": lr, "epochs_done": epoch}, "epoch": epoch, "config": cfg.to_dict(),
@@ -254,7 +280,7 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
             f"(the third step prints the estimate); for a quick look train a subset and a narrower network, e.g. "
             f"--set data.subset_per_class=500 --set model.width=16")
     last = {} if state is None else dict(state.get("metrics", {}))
-    if start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
+    if start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0) and main:
         result = evaluate(method.encoder, bundle, cfg, device, progress=show_progress)
         last = {"epoch": 0, **result}
         if result:
@@ -268,13 +294,16 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
     for epoch in range(start_epoch + 1, epochs + 1):
         t_start = time.perf_counter()
         method.on_epoch_start(epoch, train_features)   # clustering, mining: timed apart from the steps
+        plan = method.epoch_plan()
+        if world()[1] > 1:  # one clustering / mining / plan for all ranks: rank 0's
+            for tensor in list(method_checkpoint_state(method).values()) + ([] if plan is None else [plan]):
+                broadcast_from_main(tensor)
         start_seconds = time.perf_counter() - t_start
         for parameter in method.reinitialised_parameters():
             optimizer.state.pop(parameter, None)
         method.train()
         t0 = time.perf_counter()
         total_loss = torch.zeros((), device=device)
-        plan = method.epoch_plan()
         steps = batches.steps(plan)
         if steps == 0 and plan is not None:
             raise ConfigError(f"method {cfg.method.name} planned {plan.shape[0]} items for epoch {epoch}, fewer than "
@@ -285,7 +314,7 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
             lr = learning_rate(cfg.optim, epochs, epoch - 1 + step / steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = train_step(method, optimizer, views, index, cfg.train.bf16)
+            loss = train_step(method, optimizer, views, index, cfg.train.bf16, runner)
             total_loss += loss
             if epoch == start_epoch + 1 and not cuda and step in (0, 2) and steps > 3:
                 # on the CPU, say early what an epoch will cost (the first step also starts the loader)
@@ -300,19 +329,36 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         if cuda:
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
+        total_loss = mean_over_ranks(total_loss)       # the mean over ranks: the global batch's loss
         finite_state = all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point())
         if not (torch.isfinite(total_loss) and finite_state):
             what = "the loss" if not torch.isfinite(total_loss) else "the network's weights"
             advice = (f"{out_dir}/last.pt still holds epoch {epoch - 1}, the last finite one: continue it with a lower "
                       f"lr, e.g. invaspread train --resume {out_dir} --set optim.lr={cfg.optim.lr / 10:g}"
-                      if (out_dir / "last.pt").exists() else
+                      if main and (out_dir / "last.pt").exists() else
                       "no checkpoint was written: train again with a lower optim.lr (or a higher temperature)")
             raise InvaspreadError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; {advice}")
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
                 "epoch_start_seconds": start_seconds,
                 "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}
-        if due(epoch):
+        if due(epoch) and main:   # under torchrun rank 0 evaluates while the others wait at the barrier
             last.update(evaluate(method.encoder, bundle, cfg, device, nmi=epoch == epochs, progress=show_progress))
         write(last)
         checkpoint(epoch, lr, last)
+        barrier()
     return last
+
+
+def _open_run_files(cfg, folder, state, start_epoch, log) -> None:
+    """config.yaml, the resumed run's metrics and overrides, in the folder rank 0 owns."""
+    out_dir = folder.path
+    if state is not None and state["overrides"]:  # last.pt and config.yaml agree on the changed config at once
+        save_checkpoint({**{k: v for k, v in state.items() if k != "overrides"}, "config": cfg.to_dict()},
+                        out_dir / "last.pt")
+    save_config(cfg, out_dir / "config.yaml")
+    if state is not None:
+        # lines of an epoch interrupted after logging but before its checkpoint are set aside, not lost
+        folder.keep_epochs_up_to(start_epoch)
+        if state["overrides"]:
+            folder.record_overrides(start_epoch, state["overrides"])
+            log(f"resumed with {' '.join(state['overrides'])} (recorded in {out_dir / 'overrides.jsonl'})")

@@ -12,7 +12,11 @@ from .weighted_triplet import WeightedTripletLoss
 
 def build_loss(cfg) -> InvaSpreadLoss:
     """The InvaSpread loss described by a ``LossConfig``."""
-    return InvaSpreadLoss(cfg.temperature, cfg.variant, cfg.stop_gradient, cfg.negatives, cfg.negative_fraction)
+    from ..ops.distributed import world
+
+    # under torchrun every rank's anchors meet the keys of all ranks: the negatives of the whole global batch
+    return InvaSpreadLoss(cfg.temperature, cfg.variant, cfg.stop_gradient, cfg.negatives, cfg.negative_fraction,
+                          gather_distributed=world()[1] > 1)
 
 
 __all__ = ["ExemplarLoss", "InvaSpreadLoss", "NCELoss", "NPSoftmaxLoss", "PseudoLabelLoss", "TripletLoss",

@@ -105,6 +105,10 @@ class Method(nn.Module):
         """The scalar loss of one batch: views (V, B, 3, H, W) of the instances ``index`` (B,) int64."""
         raise NotImplementedError(f"{type(self).__name__} does not train")
 
+    def forward(self, views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``training_step``: what ``DistributedDataParallel(method)(views, index)`` runs."""
+        return self.training_step(views, index)
+
     def after_step(self) -> None:
         """Called after every optimizer step (e.g. to write the step's features into a memory bank)."""
 

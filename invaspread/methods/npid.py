@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..losses import NCELoss, NPSoftmaxLoss, estimate_nce_z
+from ..ops.distributed import gather_rows, mean_over_ranks
 from .base import Method
 
 
@@ -47,9 +48,11 @@ class _BankMethod(Method):
         self._pending: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def after_step(self):
-        # the loss of this step read the bank (its backward needs it unchanged): update only now
+        # the loss of this step read the bank (its backward needs it unchanged): update only now, with every
+        # rank's rows under torchrun, so that the banks stay identical on all ranks
         if self._pending is not None:
-            self.bank.update(*self._pending)
+            index, features = self._pending
+            self.bank.update(gather_rows(index, with_grad=False)[0], gather_rows(features, with_grad=False)[0])
             self._pending = None
 
     def _features(self, views, index):
@@ -97,7 +100,8 @@ class NCE(_BankMethod):
         bank = self.bank.features
         noise_index = torch.randint(0, bank.shape[0], (f.shape[0], self.noise), device=f.device)   # P_n = 1/n
         if not self._z_known:
-            if self.z.item() < 0:
+            if self.z.item() < 0:  # from the first batch: under torchrun the mean of the ranks' estimates
                 self.z.fill_(estimate_nce_z(f, index, bank, noise_index, self.loss.temperature))
+                self.z.copy_(mean_over_ranks(self.z))
             self._z_known = True
         return self.loss(f, index, bank, noise_index, self.z)

@@ -48,3 +48,45 @@ def gather_rows(x: torch.Tensor, with_grad: bool = True) -> Tuple[torch.Tensor, 
     parts = [torch.empty_like(x) for _ in range(size)]
     dist.all_gather(parts, x.detach().contiguous())
     return torch.cat(parts), rank * x.shape[0]
+
+
+def start_from_environment(device: torch.device) -> Tuple[torch.device, bool]:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1): NCCL on
+    CUDA, gloo on the CPU; each process takes the GPU of its ``LOCAL_RANK``. Returns (this process's device,
+    whether this call started the group). Without torchrun: (device, False), nothing started."""
+    import os
+
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, True
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> None:
+    """Overwrite ``tensor`` on every rank with rank 0's (in place); nothing outside a process group. A CPU
+    tensor travels through the GPU when the group is NCCL's."""
+    if world()[1] == 1:
+        return
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        carrier = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.broadcast(carrier, 0)
+        tensor.copy_(carrier.cpu())
+    else:
+        dist.broadcast(tensor, 0)
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of ``tensor`` over ranks (a new tensor; the tensor itself outside a process group)."""
+    if world()[1] == 1:
+        return tensor
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / world()[1]
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
