@@ -1,7 +1,8 @@
-"""``InvaSpreadLoss(gather_distributed=True)`` in a real process group (gloo, 2 and 3 processes) against the
-single-process loss on the concatenated batch, in float64: (a) the mean over ranks of the returned losses
-equals it, (b) each rank's gradient on its own rows equals world size x its gradient there -- for both
-stop-gradient settings, both variants and the negative-sampling modes."""
+"""``InvaSpreadLoss`` / ``TripletLoss(gather_distributed=True)`` in a real process group (gloo, 2 and 3
+processes) against the single-process loss on the concatenated batch, in float64: (a) the mean over ranks of
+the returned losses equals it, (b) each rank's gradient on its own rows equals world size x its gradient
+there -- for both stop-gradient settings, both variants, the negative-sampling modes, hard and random
+triplets."""
 
 import os
 import tempfile
@@ -12,10 +13,22 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from invaspread.losses import InvaSpreadLoss
+from invaspread.losses import InvaSpreadLoss, TripletLoss
 
 SETTINGS = [dict(stop_gradient=sg, variant=v, negatives=neg) for sg in (True, False)
             for v, neg in (("reference", "all"), ("paper", "all"), ("reference", "hard"), ("reference", "released"))]
+SETTINGS += [dict(triplet=negatives) for negatives in ("hard", "random")]
+
+
+def make(kwargs, gather):
+    if "triplet" in kwargs:
+        return TripletLoss(0.5, kwargs["triplet"], gather_distributed=gather)
+    return InvaSpreadLoss(0.1, gather_distributed=gather, **kwargs)
+
+
+def draws(kwargs):
+    """Random triplet negatives: the same generator on every rank and in the single process."""
+    return {"generator": torch.Generator().manual_seed(7)} if kwargs.get("triplet") == "random" else {}
 
 
 def batch(total, d=8, seed=0):
@@ -33,7 +46,7 @@ def _worker(rank, world, init_file, total, results):
         for kwargs in SETTINGS:
             a = z1[rank * n:(rank + 1) * n].clone().requires_grad_(True)
             b = z2[rank * n:(rank + 1) * n].clone().requires_grad_(True)
-            loss = InvaSpreadLoss(0.1, gather_distributed=True, **kwargs)(a, b)
+            loss = make(kwargs, gather=True)(a, b, **draws(kwargs))
             loss.backward()
             out.append((loss.item(), a.grad.clone(), b.grad.clone()))
         results[rank] = out
@@ -53,7 +66,7 @@ def test_gathered_loss_and_gradients_equal_the_single_process_batch(world, tmp_p
     n = total // world
     for i, kwargs in enumerate(SETTINGS):
         a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
-        single = InvaSpreadLoss(0.1, **kwargs)(a, b)
+        single = make(kwargs, gather=False)(a, b, **draws(kwargs))
         single.backward()
         mean = sum(results[r][i][0] for r in range(world)) / world
         assert mean == pytest.approx(single.item(), rel=1e-12), kwargs
@@ -66,6 +79,5 @@ def test_gathered_loss_and_gradients_equal_the_single_process_batch(world, tmp_p
 def test_outside_a_process_group_gathering_changes_nothing():
     z1, z2 = batch(10)
     for kwargs in SETTINGS:
-        assert torch.equal(InvaSpreadLoss(0.1, gather_distributed=True, **kwargs)(z1, z2),
-                           InvaSpreadLoss(0.1, **kwargs)(z1, z2))
+        assert torch.equal(make(kwargs, True)(z1, z2, **draws(kwargs)), make(kwargs, False)(z1, z2, **draws(kwargs)))
     assert os.environ.get("RANK") is None or dist.is_initialized()

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..ops.distributed import gather_rows
 from .precision import at_least_float32
 
 NEGATIVES = ("random", "hard")
@@ -31,10 +32,11 @@ def sample_random_negatives(n: int, device=None, generator: Optional[torch.Gener
     return (rows % n + offset) % n + view * n
 
 
-def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    """(R, R) Euclidean distances; the square is clamped at 1e-12 so the gradient stays finite at 0."""
-    sq = (x * x).sum(1)
-    return (sq[:, None] + sq[None, :] - 2 * x @ x.t()).clamp_min(1e-12).sqrt()
+def pairwise_distances(x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(R, C) Euclidean distances between the rows of x and of y (default x); the square is clamped at
+    1e-12 so the gradient stays finite at 0."""
+    y = x if y is None else y
+    return ((x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.t()).clamp_min(1e-12).sqrt()
 
 
 class TripletLoss(nn.Module):
@@ -44,8 +46,9 @@ class TripletLoss(nn.Module):
     inputs' device.
     """
 
-    def __init__(self, margin: float = 0.5, negatives: str = "random"):
+    def __init__(self, margin: float = 0.5, negatives: str = "random", gather_distributed: bool = False):
         super().__init__()
+        self.gather_distributed = bool(gather_distributed)
         if negatives not in NEGATIVES:
             raise ValueError(f"TripletLoss negatives must be one of {NEGATIVES}, got {negatives!r}")
         if not margin > 0:
@@ -61,14 +64,24 @@ class TripletLoss(nn.Module):
                              f"{tuple(z1.shape)} and {tuple(z2.shape)}")
         n = z1.shape[0]
         with torch.autocast(device_type=z1.device.type, enabled=False):
-            x = at_least_float32(torch.cat([z1, z2]))   # (2N, d)
-            dist = pairwise_distances(x)                                               # (2N, 2N)
-            rows = torch.arange(2 * n, device=x.device)
-            positive = (rows + n) % (2 * n)
-            if self.negatives == "hard":
-                same_instance = (rows[:, None] % n) == (rows[None, :] % n)
-                negative = dist.detach().masked_fill(same_instance, float("inf")).argmin(dim=1)
+            z1, z2 = at_least_float32(z1), at_least_float32(z2)
+            x = torch.cat([z1, z2])                                                     # (2n, d) local anchors
+            if self.gather_distributed:   # candidates from every rank (see InvaSpreadLoss.gather_distributed)
+                (all1, offset), (all2, _) = gather_rows(z1), gather_rows(z2)
+                keys = torch.cat([all1, all2])
             else:
-                negative = sample_random_negatives(n, x.device, generator)
+                keys, offset = x, 0
+            total = keys.shape[0] // 2                                                  # N over all ranks
+            dist = pairwise_distances(x, keys)                                          # (2n, 2N)
+            rows = torch.arange(2 * n, device=x.device)
+            instance = offset + rows % n
+            own = instance + total * (rows >= n)                                        # the anchor's global row
+            positive = instance + total * (rows < n)
+            if self.negatives == "hard":
+                columns = torch.arange(2 * total, device=x.device)
+                same_instance = (columns[None, :] % total) == instance[:, None]
+                negative = dist.detach().masked_fill(same_instance, float("inf")).argmin(dim=1)
+            else:   # one draw for all 2N global anchors (the same on every rank with the same generator)
+                negative = sample_random_negatives(total, x.device, generator)[own]
             hinge = dist[rows, positive] - dist[rows, negative] + self.margin
             return hinge.clamp_min(0).mean()

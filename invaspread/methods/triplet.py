@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..losses import TripletLoss
+from ..ops.distributed import world
 from .base import Method
 
 
@@ -15,7 +16,8 @@ class Triplet(Method):
 
     def __init__(self, encoder: nn.Module, margin: float = 0.5):
         super().__init__(encoder)
-        self.loss = TripletLoss(margin, self.negatives)
+        # under torchrun the candidates of every anchor are the whole global batch
+        self.loss = TripletLoss(margin, self.negatives, gather_distributed=world()[1] > 1)
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
