@@ -267,3 +267,23 @@ def test_init_from_starts_from_another_runs_network_with_frozen_batchnorm(tmp_pa
     wrong = tiny_cfg("invaspread", ["model.width=16", f"model.init_from={tmp_path / 'pre'}"])
     with pytest.raises(ConfigError, match="does not fit"):
         trainer.fit(wrong, tmp_path / "wrong", log=lambda s: None)
+
+
+def test_cpu_and_device_batches_share_one_permutation_and_ranks_split_each_global_batch():
+    """K processes see, step by step, the instances one process sees (each rank its slice)."""
+    import numpy as np
+
+    from invaspread.data.sources import ArrayImages
+    from invaspread.engine.batches import CPUBatches, DeviceBatches, _rank_slices
+
+    images = ArrayImages(np.zeros((40, 8, 8, 3), np.uint8))
+    cfg = load_config(None, ["data.image_size=8", "data.num_workers=0"])
+    args = (images, cfg.data, cfg.augment, (0, 0, 0), (1, 1, 1), 8, torch.device("cpu"))
+    cpu = [index.tolist() for _, index in CPUBatches(*args).epoch(3, 2)]
+    device = [index.tolist() for _, index in DeviceBatches(*args).epoch(3, 2)]
+    assert cpu == device and len(cpu) == 5 and sorted(sum(cpu, [])) == list(range(40))
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(11))
+    for world_size in (2, 4):
+        shares = [_rank_slices(order, 8, rank, world_size) for rank in range(world_size)]
+        for step in range(5):
+            assert sum((s[step] for s in shares), []) == order[step * 8:(step + 1) * 8].tolist()

@@ -8,9 +8,9 @@ passes ``plan`` (L, V) instead: the epoch is its rows in order, view v of row l 
 
 Both sources draw everything random in an epoch (shuffle order, augmentation) from generators
 seeded by (seed, epoch), so a run resumed at an epoch boundary repeats exactly what an
-uninterrupted run does. Under torchrun the permutation is the same on every rank and each rank takes
-its slice of every global batch; a 1-process CPU run shuffles with the DataLoader instead (same seed,
-another draw), so only the device path gives K processes the very instances of one process.
+uninterrupted run does. The epoch's permutation is ``randperm(N)`` seeded by (seed, epoch) on both
+sources; under torchrun every rank takes its slice of every global batch, so K processes train on the
+very instances, step by step, of one process.
 """
 
 from __future__ import annotations
@@ -62,15 +62,13 @@ class CPUBatches:
         else:
             second = None if second_index is None else second_index.cpu().numpy()
             dataset = ViewsDataset(self.source, self.transform, views, second)
-        common = dict(num_workers=self.num_workers, pin_memory=self.device.type == "cuda", persistent_workers=False)
-        if self.world == 1:
-            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=plan is None, drop_last=True,
-                                generator=torch.Generator().manual_seed(s), **common)
-        else:  # this rank's slice of every global batch of the epoch's permutation (or of the plan's rows)
-            order = (torch.randperm(len(self.source), generator=torch.Generator().manual_seed(s)) if plan is None
-                     else torch.arange(plan.shape[0]))
-            loader = DataLoader(dataset, batch_sampler=_rank_slices(order, self.batch_size, self.rank, self.world),
-                                generator=torch.Generator().manual_seed(s + self.rank), **common)
+        # this rank's slice of every global batch of the epoch's permutation (the same as DeviceBatches'), or
+        # of the plan's rows; one process takes whole batches
+        order = (torch.randperm(len(self.source), generator=torch.Generator().manual_seed(s)) if plan is None
+                 else torch.arange(plan.shape[0]))
+        loader = DataLoader(dataset, batch_sampler=_rank_slices(order, self.batch_size, self.rank, self.world),
+                            num_workers=self.num_workers, generator=torch.Generator().manual_seed(s + self.rank),
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
         try:
             for view_list, idx in loader:
                 yield (torch.stack([v.to(self.device, non_blocking=True) for v in view_list]),
