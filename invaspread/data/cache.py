@@ -74,6 +74,10 @@ def store_entry(path: Path, arrays: Dict[str, np.ndarray]) -> bool:
     except OSError:
         return False
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~umask)   # mkstemp's 0600 would hide a shared cache from its other users
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, __digest__=np.asarray(_arrays_digest(arrays)), **arrays)
             fh.flush()
