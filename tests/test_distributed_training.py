@@ -29,15 +29,15 @@ def sets(*extra):
 
 def test_two_process_run_writes_once_and_resumes_exactly(tmp_path):
     cut, full = tmp_path / "cut", tmp_path / "full"
-    out = torchrun("train", "--out", cut, "--epochs", 2, *sets())
+    out = torchrun("train", "--out", cut, "--epochs", 1, *sets())
     assert out.stdout.count("epoch=1 ") == 1, "rank 0 alone prints"
     lines = [json.loads(ln) for ln in (cut / "metrics.jsonl").read_text().splitlines()]
-    assert [ln["epoch"] for ln in lines] == [0, 1, 2], "one metrics line per epoch, not one per rank"
+    assert [ln["epoch"] for ln in lines] == [0, 1], "one metrics line per epoch, not one per rank"
     assert sorted(p.name for p in cut.glob("*.pt")) == ["last.pt"]
-    torchrun("train", "--resume", cut, "--epochs", 3)
-    torchrun("train", "--out", full, "--epochs", 3, *sets())
+    torchrun("train", "--resume", cut, "--epochs", 2)
+    torchrun("train", "--out", full, "--epochs", 2, *sets())
     a, b = load_checkpoint(cut), load_checkpoint(full)
-    assert a["epoch"] == b["epoch"] == 3
+    assert a["epoch"] == b["epoch"] == 2
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["metrics"]["loss"] == b["metrics"]["loss"] and a["metrics"]["knn_top1"] == b["metrics"]["knn_top1"]

@@ -21,7 +21,7 @@ def cifar_overrides(tmp_cache, train_per_class, test_per_class, epochs):
 
 def test_cifar10_subset_knn_improves_over_initialisation(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "cifar-cache"
-    cfg = load_config("configs/cifar10.yaml", cifar_overrides(cache, 300, 100, 6))
+    cfg = load_config("configs/cifar10.yaml", cifar_overrides(cache, 300, 100, 4))  # measured: 25.6 -> 34.1
     log = []
     run = tmp_path_factory.mktemp("seen")
     last = fit(cfg, run, log=log.append)
@@ -33,7 +33,7 @@ def test_cifar10_subset_knn_improves_over_initialisation(tmp_path_factory):
 
 def test_cifar10_unseen_classes_retrieval_improves_over_initialisation(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "cifar-cache"
-    cfg = load_config("configs/cifar10_unseen.yaml", cifar_overrides(cache, 500, 100, 5))
+    cfg = load_config("configs/cifar10_unseen.yaml", cifar_overrides(cache, 500, 100, 4))
     run = tmp_path_factory.mktemp("unseen")
     last = fit(cfg, run, log=lambda s: None)
     initial = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
