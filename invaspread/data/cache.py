@@ -18,12 +18,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
 import numpy as np
+
+from ..atomic import atomic_file
 
 try:
     import fcntl
@@ -70,25 +71,11 @@ def store_entry(path: Path, arrays: Dict[str, np.ndarray]) -> bool:
     """Write ``arrays`` (plus their checksum) atomically; False when the folder is not writable."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    except OSError:
-        return False
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~umask)   # mkstemp's 0600 would hide a shared cache from its other users
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(path, shared=True, durable=True) as fh:   # readable by the cache's other users
             np.savez(fh, __digest__=np.asarray(_arrays_digest(arrays)), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         return True
     except OSError:
         return False  # a full or read-only cache is not an error: the data are in memory already
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -4,12 +4,11 @@ arbitrary objects."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_file
 from ..config import InvaspreadError
 
 CHECKPOINT_VERSION = 1
@@ -38,16 +37,8 @@ def content_digest(value, digest=None) -> str:
 def save_checkpoint(state: dict, path) -> None:
     """Write ``state`` (plus its ``checksum``) to ``path`` via a temporary file + rename, so a kill never
     leaves half a file."""
-    path = Path(path)
-    # a unique name created exclusively (never through an existing file or link), removed on any failure
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({**state, "checksum": content_digest(state)}, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        torch.save({**state, "checksum": content_digest(state)}, fh)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

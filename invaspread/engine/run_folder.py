@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from ..atomic import atomic_file
 from ..config import ConfigError, InvaspreadError
 
 MARKER = ".invaspread-run"
@@ -203,10 +204,5 @@ class RunFolder:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(path, "w", shared=True) as fh:
+        fh.write(text)
