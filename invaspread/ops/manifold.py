@@ -49,10 +49,15 @@ def mutual_knn_graph(features: torch.Tensor, k: int = 30, power: float = 3.0, ch
     return sparse_matrix(torch.stack([rows, cols]), weights, (n, n))
 
 
+def _with_degree(affinity: torch.Tensor):
+    """(coalesced COO W, (N,) row sums of W)."""
+    w = affinity.to_sparse_coo().coalesce()
+    return w, torch.zeros(w.shape[0], dtype=w.dtype, device=w.device).index_add_(0, w.indices()[0], w.values())
+
+
 def normalized_affinity(affinity: torch.Tensor) -> torch.Tensor:
     """S = D^-1/2 W D^-1/2 of a sparse (N, N) affinity (the reference's ``transition_matrix``)."""
-    w = affinity.to_sparse_coo().coalesce()
-    degree = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device).index_add_(0, w.indices()[0], w.values())
+    w, degree = _with_degree(affinity)
     scale = torch.where(degree > 0, degree.clamp_min(1e-300).rsqrt(), torch.zeros_like(degree))
     i, j = w.indices()
     return sparse_matrix(w.indices(), w.values() * scale[i] * scale[j], w.shape)
@@ -106,8 +111,7 @@ def manifold_similarity_chunks(s: torch.Tensor, sources: torch.Tensor, alpha: fl
 def stationary_distribution(affinity: torch.Tensor, iterations: int = 1000) -> torch.Tensor:
     """(N,) the reference's ``powiter(D^-1 W)``: r <- r P, r <- r / ||r||_2 from the uniform vector,
     ``iterations`` times (P = D^-1 W, the random walk's transition matrix)."""
-    w = affinity.to_sparse_coo().coalesce()
-    degree = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device).index_add_(0, w.indices()[0], w.values())
+    w, degree = _with_degree(affinity)
     inv = torch.where(degree > 0, 1 / degree.clamp_min(1e-300), torch.zeros_like(degree))
     transition_t = sparse_matrix(w.indices().flip(0), w.values() * inv[w.indices()[0]], w.shape)  # P^T: r P = (P^T r)^T
     r = torch.full((w.shape[0], 1), 1.0 / w.shape[0], dtype=w.dtype, device=w.device)
