@@ -18,6 +18,7 @@ examples:
   invaspread train --config cifar10 --data-dir cifar10-jpeg.tar.gz --set train.epochs=3 --out runs/c3
   invaspread train --set loss.variant=paper --set loss.temperature=0.07
   invaspread train --resume runs/c3                  # continue an interrupted run exactly
+  invaspread train --resume runs/c3 --epochs 300     # extend it (also --data-dir, --set optim.lr=...)
   invaspread train --config cifar10 --set method.name=nce     # a compared method (README, Table 1)
   invaspread train --config cifar10 --set method.name=random --epochs 0   # the untrained network
   invaspread config cifar10                           # every key, its value and its meaning
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     train = sub.add_parser("train", help="train an embedding (or resume a run)",
-                           description="Train with the InvaSpread loss; writes config.yaml, metrics.jsonl, last.pt.",
+                           description="Train an embedding with InvaSpread or a compared method (method.name); writes config.yaml, metrics.jsonl, last.pt.",
                            epilog=EPILOG_TRAIN % ", ".join(bundled_configs()),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--config", help="YAML file or bundled config name (default: digits)")
@@ -197,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     train.add_argument("--device", help="shortcut for --set train.device=DEVICE (auto, cpu, cuda)")
     train.add_argument("--out", help="run folder (default: runs/CONFIG-TIMESTAMP)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its last.pt with its saved config; only --epochs, "
+                            "--data-dir and a few --set keys (optim.lr, data.*_root/cache_dir/num_workers, "
+                            "train.device/progress, eval.batch_size) may change, recorded in overrides.jsonl")
     train.add_argument("--use-existing-folder", action="store_true",
                        help="let --out name a non-empty folder that is not a run: the run's files go beside the "
                             "ones there (a file of the same name is never overwritten)")

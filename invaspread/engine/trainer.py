@@ -157,7 +157,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         state = load_checkpoint(out_dir)
         RunFolder.check_identity(out_dir, state)   # a copied-in last.pt is refused before anything else
         cfg = resumed_config(state, out_dir, overrides)
-        state["overrides"] = [text for text in overrides or []]
+        state["overrides"] = list(overrides or [])
     device, started_group = start_from_environment(resolve_device(cfg.train.device))   # torchrun: join the group
     main_process = world()[0] == 0   # under torchrun rank 0 alone owns the run folder and prints
     if not main_process:
