@@ -7,9 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import InvaspreadError
+from .config import InvaspreadError, bundled_configs, resolve_config_path
 
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 EPILOG_TRAIN = """\
 examples:
@@ -26,21 +25,6 @@ examples:
 --config takes a YAML file or the name of a bundled config (%s).
 --set section.key=value overrides one key; values are read as YAML (3, 0.1, true, null, [120, 160]).
 """
-
-
-def resolve_config_path(name: str) -> str:
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return str(p)
-    packaged = PACKAGED_CONFIGS / f"{name}.yaml"
-    if packaged.is_file():
-        return str(packaged)
-    raise InvaspreadError(f"--config {name}: no such file and no bundled config of that name "
-                          f"(bundled: {', '.join(bundled_configs())})")
-
-
-def bundled_configs():
-    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
 
 
 def _overrides(args) -> list:
@@ -99,9 +83,10 @@ def cmd_eval(args) -> int:
     import torch
 
     from .data.datasets import build_data
+    from .engine.checkpoint import load_run
     from .engine.evaluation import default_protocol, evaluate
 
-    cfg, state, model, device = _load_run(args.run, _overrides(args))
+    cfg, state, model, device = load_run(args.run, _overrides(args))
     bundle = build_data(cfg.data, progress=True)
     protocol = args.protocol or default_protocol(bundle)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -116,29 +101,12 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _load_run(path, overrides):
-    """(config, checkpoint, model on its device, device) of a run folder or checkpoint file."""
-    from .config import from_dict, parse_override, set_key, validate
-    from .engine.checkpoint import load_checkpoint
-    from .engine.trainer import resolve_device
-    from .models import build_model
-
-    state = load_checkpoint(path)
-    cfg = from_dict(state["config"], str(path))
-    for text in overrides:
-        set_key(cfg, *parse_override(text), source="--set")
-    validate(cfg)
-    device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
-    return cfg, state, model.to(device).eval(), device
-
-
 def cmd_embed(args) -> int:
     import numpy as np
 
     from .data.sources import scan_image_folder
     from .data.transforms import eval_transform, normalisation
+    from .engine.checkpoint import load_run
     from .engine.features import extract_features
 
     out = Path(args.out)
@@ -148,7 +116,7 @@ def cmd_embed(args) -> int:
         out = out.with_name(out.name + ".npz")  # numpy would append it anyway: say where the file really is
     if args.batch_size < 1:
         raise InvaspreadError(f"embed --batch-size {args.batch_size}: expected a positive number")
-    cfg, state, model, device = _load_run(args.run, _overrides(args))
+    cfg, state, model, device = load_run(args.run, _overrides(args))
     source = scan_image_folder(args.images)
     transform = eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)
     feats = extract_features(model, source, transform, args.batch_size, device, cfg.data.num_workers, progress=True)
@@ -175,6 +143,52 @@ def cmd_cache(args) -> int:
         what = meta.get("archive", meta.get("state", "?"))
         print(f"  {path.name}  {size / 1024 ** 2:8.1f} MiB  {meta.get('created', '')}  {what}")
     return 0
+
+
+def cmd_table(args) -> int:
+    from .report.table_runner import run_table
+
+    failed = run_table(args.number, args.data_dir, args.out or f"runs/table{args.number}", args.epochs,
+                       list(args.set or []), args.dry_run)
+    if failed:
+        print(f"invaspread: {failed} row(s) failed (see the table's status column)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_report(args) -> int:
+    from .report.page import write_report
+
+    write_report(args.runs, args.out, args.data_dir, args.images, args.queries, args.k)
+    return 0
+
+
+def cmd_index(args) -> int:
+    from .search import build_index
+
+    build_index(args.run, args.images, args.out, args.batch_size, args.workers, args.backend, args.ivf, args.device,
+                progress=sys.stderr.isatty())
+    return 0
+
+
+def cmd_search(args) -> int:
+    import json
+
+    from .search import SearchIndex
+
+    index = SearchIndex(args.index)
+    scores, rows = index.search(index.embed(args.queries, args.device), args.k, args.backend, args.nprobe)
+    for query, query_scores, query_rows in zip(args.queries, scores, rows):
+        hits = [{"path": index.paths[r], "score": round(float(s), 6)} for s, r in zip(query_scores, query_rows) if r >= 0]
+        if args.json:
+            print(json.dumps(hits))
+            continue
+        print(query)
+        for rank, hit in enumerate(hits, 1):
+            print(f"  {rank:3d}  {hit['score']:.4f}  {hit['path']}")
+    return 0
+
+
+BACKEND_CHOICES = ("auto", "faiss", "torch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +253,75 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--device", help="auto, cpu or cuda")
     em.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     em.set_defaults(func=cmd_embed)
+
+    tb = sub.add_parser("table", help="train every row of one of the paper's tables and write it beside the paper's",
+                        description="Train every row of the paper's Table N (1-8) in turn with the bundled configs, "
+                                    "each in its own run folder OUT/<row>/, then write OUT/tableN.md and tableN.csv: "
+                                    "each row's metrics beside the paper's numbers, with epochs, wall time and "
+                                    "device. Resumable: a finished row is skipped, an interrupted one resumed. Rows "
+                                    "the harness does not train (supervised methods, numbers quoted from other "
+                                    "papers) are listed as such.",
+                        epilog="examples:\n  invaspread table 1 --dry-run\n"
+                               "  invaspread table 1 --data-dir cifar10-jpeg.tar.gz --out runs/table1\n"
+                               "  invaspread table 8 --data-dir cifar10-jpeg.tar.gz --epochs 20 --set model.width=16",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tb.add_argument("number", type=int, choices=range(1, 9), metavar="N", help="the paper's table, 1-8")
+    tb.add_argument("--data-dir", help="the table's data set (Tables 1, 7, 8: CIFAR-10; 2: STL-10; 3: CUB-200; "
+                                       "4, 6: SOP; 5: Cars196)")
+    tb.add_argument("--out", help="folder of the table and its row runs (default: runs/tableN)")
+    tb.add_argument("--epochs", type=int, help="train every row for E epochs instead (the table says so)")
+    tb.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key in every row (repeatable)")
+    tb.add_argument("--dry-run", action="store_true", help="print each row and its train command; train nothing")
+    tb.set_defaults(func=cmd_table)
+
+    rp = sub.add_parser("report", help="the paper's figures for your runs, on one HTML page",
+                        description="Write DIR/index.html and its PNGs: Figure 3 (kNN or R@1 per epoch and per "
+                                    "second, every run on one plot), and per run Figure 5 (cosine similarity of "
+                                    "positive and negative pairs, trained vs untrained network), Figure 4 "
+                                    "(retrieval grids at every kept epoch: train.save_epochs) and the final metrics "
+                                    "beside the paper's number where the run is a paper-table row.")
+    rp.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", required=True, help="folder for index.html and the PNGs")
+    rp.add_argument("--data-dir", help="data location, if it moved since training")
+    rp.add_argument("--images", type=int, default=2000, help="test images sampled for Figures 4-5 (default 2000)")
+    rp.add_argument("--queries", type=int, default=8, help="queries in the retrieval grid (default 8)")
+    rp.add_argument("-k", type=int, default=8, help="neighbours per query in the grid (default 8)")
+    rp.set_defaults(func=cmd_report)
+
+    ix = sub.add_parser("index", help="embed an image collection for search",
+                        description="Embed every image under --images (recursively; any size: batched, memory "
+                                    "bounded by a batch) with a trained run's network into an index folder. "
+                                    "Unreadable files are listed and skipped. With FAISS installed (pip install "
+                                    "'invaspread[faiss]') a FAISS index is built too: exact inner product, or IVF "
+                                    "with --ivf NLIST for collections past a million images.",
+                        epilog="example:\n  invaspread index runs/cifar10 --images ~/photos --out photos.index\n"
+                               "  invaspread search photos.index query.jpg -k 10",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ix.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    ix.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    ix.add_argument("--out", required=True, help="index folder to create (e.g. photos.index)")
+    ix.add_argument("--batch-size", type=int, default=256)
+    ix.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default 0)")
+    ix.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                    help="auto: FAISS when installed, else exact torch search at query time")
+    ix.add_argument("--ivf", type=int, default=0, metavar="NLIST",
+                    help="FAISS IVF index with NLIST lists (approximate; 0 = exact, the default)")
+    ix.add_argument("--device", help="auto, cpu or cuda")
+    ix.set_defaults(func=cmd_index)
+
+    se = sub.add_parser("search", help="find the images of an index nearest to query images",
+                        description="Print the k nearest indexed images of each query image with their cosine "
+                                    "similarity (1.0: the same embedding). Queries go through the network the "
+                                    "index was built with.")
+    se.add_argument("index", metavar="INDEX_DIR")
+    se.add_argument("queries", nargs="+", metavar="QUERY_IMAGE")
+    se.add_argument("-k", type=int, default=10, help="neighbours per query (default 10)")
+    se.add_argument("--json", action="store_true", help='one JSON list per query: [{"path": ..., "score": ...}]')
+    se.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                    help="auto: the index's FAISS index when it has one and faiss is installed, else exact torch")
+    se.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query (IVF indexes only)")
+    se.add_argument("--device", help="auto, cpu or cuda")
+    se.set_defaults(func=cmd_search)
 
     ca = sub.add_parser("cache", help="list or empty the decoded-image cache",
                         description="Archives (the CIFAR-10 JPEG copy, ...) are decoded once into a checked cache "

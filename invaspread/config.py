@@ -107,6 +107,7 @@ class TrainConfig:
     progress: bool = True  # a progress bar per epoch
     keep: int = 0  # also keep the checkpoints of the last K epochs as epoch-NNNN.pt beside last.pt (0: last.pt only)
     save_epochs: List[int] = field(default_factory=list)  # epochs whose checkpoint is kept for good (e.g. [1, 10, 100])
+    tensorboard: bool = False  # also write the metrics as TensorBoard scalars in RUN/tensorboard/ (pip install tensorboard)
 
 
 @dataclass
@@ -374,3 +375,22 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
 def save_config(cfg: Config, path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def bundled_configs() -> List[str]:
+    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def resolve_config_path(name: str) -> str:
+    """A YAML file's path, or the bundled config of that name (``cifar10`` -> invaspread/configs/cifar10.yaml)."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return str(p)
+    packaged = PACKAGED_CONFIGS / f"{name}.yaml"
+    if packaged.is_file():
+        return str(packaged)
+    raise InvaspreadError(f"--config {name}: no such file and no bundled config of that name "
+                          f"(bundled: {', '.join(bundled_configs())})")

@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from invaspread.cli import bundled_configs, main
+from invaspread.cli import main
+from invaspread.config import bundled_configs
 from invaspread.config import ConfigError, load_config
 from invaspread.models import BACKBONES, PretrainedWeightsUnavailable, build_model
 

@@ -62,3 +62,21 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if missing:
         raise InvaspreadError(f"{path} is not an invaspread checkpoint (missing {sorted(missing)})")
     return state
+
+
+def load_run(path, overrides=()):
+    """(config, checkpoint, model in eval mode on its device, device) of a run folder or checkpoint file;
+    ``overrides`` ("key=value") adjust the saved config (data moved, another device)."""
+    from ..config import from_dict, parse_override, set_key, validate
+    from ..models import build_model
+    from .trainer import resolve_device
+
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"], str(path))
+    for text in overrides:
+        set_key(cfg, *parse_override(text), source="--set")
+    validate(cfg)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    return cfg, state, model.to(device).eval(), device

@@ -28,6 +28,7 @@ from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from .evaluation import evaluate
 from .features import source_features
 from .run_folder import RunFolder
+from .tensorboard import ScalarLog, summary_writer_class
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,7 +111,7 @@ def _rng_state(device):
 # what may change when a run is resumed: its length, where its data lives, the lr (after a divergence), and
 # settings that do not change what is computed; anything else would make the run a different one
 RESUME_OVERRIDES = ("train.epochs", "optim.lr", "data.root", "data.test_root", "data.cache_dir", "data.num_workers",
-                    "train.device", "train.progress", "eval.batch_size")
+                    "train.device", "train.progress", "eval.batch_size", "train.tensorboard")
 
 
 def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
@@ -164,6 +165,8 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         log = _silent
     elif not resume:
         RunFolder.check_new(out_dir, use_existing_folder)   # before any work
+    if main_process and cfg.train.tensorboard:
+        summary_writer_class()   # a missing package is said before any work
     try:
         return _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log)
     finally:
@@ -244,8 +247,10 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
     main = folder is not None
     cuda, epochs = device.type == "cuda", cfg.train.epochs
     out_dir = folder.path if main else None
+    scalars = None
     if main:
         _open_run_files(cfg, folder, state, start_epoch, log)
+        scalars = ScalarLog(out_dir, start_epoch) if cfg.train.tensorboard else None
     log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
         f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training")
         + (f", {world()[1]} processes" if world()[1] > 1 else ""))
@@ -254,6 +259,8 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         if not main:
             return
         folder.append_metrics(line)
+        if scalars is not None:
+            scalars.add(line)
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in line.items()}
         log(" ".join(f"{k}={v}" for k, v in shown.items()))
 
@@ -346,6 +353,8 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         write(last)
         checkpoint(epoch, lr, last)
         barrier()
+    if scalars is not None:
+        scalars.close()   # every line was flushed when written: an exception before here loses nothing
     return last
 
 

@@ -1,0 +1,177 @@
+"""``invaspread report RUN [RUN ...] --out DIR``: the paper's figures for your runs, on one HTML page.
+
+``DIR/index.html`` shows the PNGs written beside it: Figure 3 (every run on one plot), and per run Figure 5
+(similarity histograms, trained vs untrained network), Figure 4 (retrieval grids at every kept epoch) and the
+final metrics with the paper's number where the run's config is a row of a paper table.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..config import InvaspreadError
+from . import figures
+
+METRIC_NAMES = {"knn_top1": "kNN top-1", "knn_top5": "kNN top-5", "linear_top1": "Linear top-1", "nmi": "NMI"}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
+
+
+def paper_rows_for(cfg_dict: dict) -> List[tuple]:
+    """(table, row, {metric: paper value}) of every paper-table row whose config equals ``cfg_dict`` apart from
+    where the data lives and how long it trained (see ``table_runner.VOLATILE``)."""
+    from .paper_tables import TABLES
+    from .table_runner import differing_keys, row_config
+
+    matches = []
+    for table in TABLES.values():
+        for row in table.rows:
+            if not row.trainable:
+                continue
+            try:
+                candidate = row_config(row, cfg_dict["data"]["root"], None, ()).to_dict()
+            except InvaspreadError:
+                continue
+            if not differing_keys(cfg_dict, candidate):
+                paper = {c.metric: v for c, v in zip(table.columns, row.paper) if c.metric and v is not None}
+                matches.append((table.number, row.name, paper))
+    return matches
+
+
+def final_metrics(lines: Sequence[dict]) -> dict:
+    """The last evaluated line of a run (its reported result: never the best epoch)."""
+    evaluated = [line for line in lines if figures.curve_metric([line])]
+    return evaluated[-1] if evaluated else {}
+
+
+def kept_checkpoints(run: Path) -> Dict[int, Path]:
+    """epoch -> checkpoint file: every epoch-NNNN.pt the run kept (train.save_epochs / train.keep) and last.pt."""
+    from ..engine.checkpoint import load_checkpoint
+
+    found = {int(p.stem.split("-")[1]): p for p in run.glob("epoch-[0-9]*.pt")}
+    if (run / "last.pt").is_file():
+        found.setdefault(int(load_checkpoint(run / "last.pt")["epoch"]), run / "last.pt")
+    return dict(sorted(found.items()))
+
+
+def write_report(runs: Sequence, out, data_dir: Optional[str] = None, images: int = 2000, queries: int = 8,
+                 k: int = 8, seed: int = 0, log: Callable[[str], None] = print) -> Path:
+    """Write ``out/index.html`` and its PNGs for ``runs`` (run folders); returns the page's path.
+    ``images``: test images (a fixed random sample) used by Figures 4 and 5; ``queries`` x ``k``: the grid."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [Path(r) for r in runs]
+    for run in runs:
+        if not (run / "metrics.jsonl").is_file():
+            raise InvaspreadError(f"{run} is not a run folder (no metrics.jsonl)")
+    names: Dict[Path, str] = {}
+    for run in runs:
+        name = _slug(run.name)
+        names[run] = name if name not in names.values() else f"{name}-{len(names)}"
+    curves = {names[r]: figures.learning_curve(figures.read_metrics(r)) for r in runs}
+    _save(figures.plot_learning_curves(curves), out / "figure3.png")
+    sections = []
+    for run in runs:
+        log(f"report: {run}")
+        sections.append(_run_section(run, names[run], out, data_dir, images, queries, k, seed))
+    page = out / "index.html"
+    page.write_text(_page(runs, names, curves, sections))
+    log(f"wrote {page}")
+    return page
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries: int, k: int, seed: int) -> str:
+    from ..data.datasets import build_data
+    from ..data.transforms import train_transform
+    from ..engine.checkpoint import load_run
+    from ..engine.features import source_features
+    from ..models import build_model
+
+    checkpoints = kept_checkpoints(run)
+    overrides = [f"data.root={data_dir}"] if data_dir else []
+    cfg, state, model, device = load_run(checkpoints[max(checkpoints)], overrides)
+    bundle = build_data(cfg.data, progress=False)
+    lines = figures.read_metrics(run)
+    parts = [f"<h2>{html.escape(name)}</h2>", _metrics_table(cfg, final_metrics(lines), run)]
+    if bundle.query is None or bundle.query.labels is None:
+        return "\n".join(parts + ["<p>No labelled test images: Figures 4 and 5 need them.</p>"])
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(bundle.query), min(images, len(bundle.query)), replace=False))
+    test = bundle.query.subset(sample)
+    augment = train_transform(cfg.augment, cfg.data.image_size, bundle.mean, bundle.std, cfg.data.resize)
+
+    torch.manual_seed(cfg.train.seed)   # the network as the run started it (pretrained weights where it had them)
+    networks = {"trained (epoch %d)" % state["epoch"]: model}
+    try:
+        networks["untrained"] = build_model(cfg.model).to(device).eval()
+    except InvaspreadError as err:
+        parts.append(f"<p>Untrained network not shown: {html.escape(str(err))}</p>")
+    panels = {label: figures.similarity_histograms(*figures.pair_similarities(net, test, augment,
+                                                                                range(len(test)), device, seed))
+              for label, net in networks.items()}
+    _save(figures.plot_similarity_histograms(panels), out / f"{name}-figure5.png")
+    counts = ", ".join(f"{int(c['positive'].sum()):,} positive / {int(c['negative'].sum()):,} negative pairs ({label})"
+                       for label, c in panels.items())
+    parts.append(f"<h3>Figure 5: similarity of positive and negative pairs</h3><p>{counts}, over {len(test)} test "
+                 f"images, two views each drawn with the run's training augmentation.</p>"
+                 f'<img src="{name}-figure5.png" alt="Figure 5 of {html.escape(name)}">')
+
+    query_rows = rng.choice(len(test), min(queries, len(test)), replace=False)
+    parts.append(f"<h3>Figure 4: top-{k} retrieval among {len(test)} test images (green: same label, red: "
+                 f"another; the grey image is the query)</h3>")
+    grids = {0: networks.get("untrained")} if "untrained" in networks else {}
+    grids.update({epoch: path for epoch, path in checkpoints.items()})
+    from PIL import Image
+
+    for epoch, net_or_path in grids.items():
+        net = net_or_path if isinstance(net_or_path, torch.nn.Module) else load_run(net_or_path, overrides)[2]
+        feats = source_features(net, test, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
+                                device)
+        grid, correct = figures.retrieval_grid(test, query_rows, figures.retrieval_neighbours(feats, query_rows, k))
+        Image.fromarray(grid).save(out / f"{name}-figure4-epoch{epoch}.png")
+        parts.append(f"<p>epoch {epoch}: {int(correct.sum())} of {correct.size} retrieved images correct</p>"
+                     f'<img src="{name}-figure4-epoch{epoch}.png" alt="Figure 4 of {html.escape(name)}, epoch {epoch}">')
+    return "\n".join(parts)
+
+
+def _metrics_table(cfg, final: dict, run: Path) -> str:
+    matches = paper_rows_for(cfg.to_dict())
+    rows = []
+    for key, value in final.items():
+        if key == "epoch" or not isinstance(value, (int, float)) or key.endswith("seconds") or key in ("lr",):
+            continue
+        paper = "; ".join(f"Table {t} {html.escape(r)}: {p[key]}" for t, r, p in matches if key in p)
+        rows.append(f"<tr><td>{html.escape(METRIC_NAMES.get(key, key))}</td><td>{value:.2f}</td>"
+                    f"<td>{paper or '-'}</td></tr>")
+    where = f"epoch {final.get('epoch', '?')} of {cfg.train.epochs}, method {cfg.method.name}, data {cfg.data.name}"
+    return (f"<p>{html.escape(str(run))}: {html.escape(where)}</p><table><tr><th>metric</th><th>this run</th>"
+            f"<th>paper</th></tr>{''.join(rows)}</table>")
+
+
+def _page(runs, names, curves, sections) -> str:
+    listing = "".join(f"<li>{html.escape(names[r])}: {html.escape(str(r))} ({len(curves[names[r]]['epoch'])} "
+                      f"evaluated epochs)</li>" for r in runs)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>invaspread report</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} img{{max-width:100%}}
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head>
+<body><h1>invaspread report</h1><ul>{listing}</ul>
+<h2>Figure 3: learning speed</h2><img src="figure3.png" alt="Figure 3">
+{''.join(sections)}
+</body></html>
+"""

@@ -1,0 +1,203 @@
+"""``invaspread table N``: train every row of the paper's Table N in turn, then write tableN.md / tableN.csv.
+
+Each row is an ordinary run folder ``OUT/<row>/`` (so ``eval``, ``embed``, ``report`` work on it). A finished row
+is skipped, an interrupted one resumed, a shorter one extended; ``OUT/tableN.json`` keeps each row's status,
+wall time and device. A row that fails (a bad setting for it, a diverged method) is reported as failed and
+the next row runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..atomic import atomic_file
+from ..config import Config, ConfigError, InvaspreadError, load_config, parse_override, resolve_config_path
+from .paper_tables import TABLES, PaperTable, Row
+
+# keys that may differ between a row's folder and the row as asked now: where data lives, how long it trains
+# (a finished shorter row is extended), and settings that do not change what is computed
+VOLATILE = ("train.epochs", "data.root", "data.test_root", "data.cache_dir", "data.num_workers", "train.device",
+            "train.progress", "eval.batch_size", "train.tensorboard")
+
+
+def get_table(number: int) -> PaperTable:
+    if number not in TABLES:
+        raise ConfigError(f"table {number}: the paper has Tables {', '.join(map(str, TABLES))}")
+    return TABLES[number]
+
+
+def row_overrides(row: Row, data_dir: Optional[str], epochs: Optional[int], sets: Sequence[str]) -> List[str]:
+    """The --set list of a row: the user's ``sets`` (never a key the row sets itself), the row's own, the
+    data and the epochs (always 0 for an evaluate-only row)."""
+    own = {parse_override(s)[0] for s in row.sets}
+    for text in sets:
+        key = parse_override(text)[0]
+        if key in own:
+            raise ConfigError(f"--set {text}: row {row.name!r} sets {key} itself (that is what the row measures)")
+    out = list(sets) + list(row.sets)
+    if data_dir:
+        out.append(f"data.root={data_dir}")
+    if row.evaluate_only:
+        out.append("train.epochs=0")
+    elif epochs is not None:
+        out.append(f"train.epochs={epochs}")
+    return out
+
+
+def row_config(row: Row, data_dir, epochs, sets) -> Config:
+    return load_config(resolve_config_path(row.config), row_overrides(row, data_dir, epochs, sets))
+
+
+def row_command(row: Row, data_dir, out: Path, epochs, sets) -> str:
+    """The ``invaspread train`` command that trains ``row`` alone (what --dry-run prints)."""
+    if not row.trainable:
+        return f"(not trained here: {row.note})"
+    words = ["invaspread", "train", "--config", row.config]
+    for text in list(sets) + list(row.sets):
+        words += ["--set", text]
+    if row.evaluate_only:
+        words += ["--epochs", "0"]
+    elif epochs is not None:
+        words += ["--epochs", str(epochs)]
+    words += ["--data-dir", str(data_dir or "PATH"), "--out", str(out / row.slug)]
+    return shlex.join(words)
+
+
+def differing_keys(a: dict, b: dict, ignore=VOLATILE) -> List[str]:
+    """Dotted keys (two levels, or three for method sub-sections) whose values differ between two config dicts."""
+    out = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            va, vb = sa.get(key), sb.get(key)
+            if isinstance(va, dict) or isinstance(vb, dict):
+                out += [f"{section}.{key}.{k}" for k in sorted(set(va or {}) | set(vb or {}))
+                        if (va or {}).get(k) != (vb or {}).get(k)]
+            elif va != vb and f"{section}.{key}" not in ignore:
+                out.append(f"{section}.{key}")
+    return out
+
+
+def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] = None, sets: Sequence[str] = (),
+              dry_run: bool = False, log: Callable[[str], None] = print) -> int:
+    """Train (or skip, resume, extend) every trainable row, then write the table; returns the number of
+    rows that failed. ``dry_run``: print each row and its command, train nothing."""
+    table, out = get_table(number), Path(out)
+    if dry_run:
+        log(f"Table {number}: {table.caption} ({len(table.rows)} rows; --data-dir: {table.data})")
+        for row in table.rows:
+            log(f"  {row.name:<24s} {row_command(row, data_dir, out, epochs, sets)}")
+        return 0
+    if not data_dir:
+        raise ConfigError(f"table {number} trains on {table.data}: give --data-dir PATH")
+    configs = {row.slug: row_config(row, data_dir, epochs, sets) for row in table.rows if row.trainable}  # all checked first
+    out.mkdir(parents=True, exist_ok=True)
+    records_path = out / f"table{number}.json"
+    records = json.loads(records_path.read_text()) if records_path.is_file() else {}
+    for row in table.rows:
+        if not row.trainable:
+            continue
+        log(f"--- Table {number}, row {row.name!r} -> {out / row.slug}")
+        record = records.get(row.slug, {})
+        started = time.perf_counter()
+        try:
+            record.update(_train_row(row, configs[row.slug], out / row.slug, table, log))
+            record["status"] = "done"
+        except InvaspreadError as err:
+            record.update(status="failed", error=str(err))
+            log(f"row {row.name!r} failed: {err}")
+        record["wall_seconds"] = record.get("wall_seconds", 0.0) + time.perf_counter() - started
+        records[row.slug] = record
+        with atomic_file(records_path, "w") as fh:
+            json.dump(records, fh, indent=1)
+    md, rows_csv = render(table, records, out, epochs, sets, data_dir)
+    (out / f"table{number}.md").write_text(md)
+    (out / f"table{number}.csv").write_text(rows_csv)
+    log(md)
+    log(f"wrote {out / f'table{number}.md'} and {out / f'table{number}.csv'}")
+    return sum(r.get("status") == "failed" for r in records.values())
+
+
+def _train_row(row: Row, cfg: Config, folder: Path, table: PaperTable, log) -> dict:
+    """Bring one row's run folder to ``cfg`` (new, resumed or extended) and return its record fields."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.trainer import fit, resolve_device
+
+    device = str(resolve_device(cfg.train.device))
+    new = {}
+    if (folder / "last.pt").exists():
+        state = load_checkpoint(folder)
+        differ = differing_keys(state["config"], cfg.to_dict())
+        if differ:
+            raise ConfigError(f"{folder} holds a run with other settings ({', '.join(differ[:4])}); remove it or "
+                              f"choose another --out")
+        done = int(state["epoch"])
+        if done < cfg.train.epochs:
+            log(f"resuming after epoch {done} of {cfg.train.epochs}")
+            changed = [f"{key}={value}" for key, value in (("train.epochs", cfg.train.epochs),
+                                                           ("data.root", cfg.data.root))
+                       if state["config"][key.split(".")[0]][key.split(".")[1]] != value]
+            fit(None, folder, resume=True, log=log, overrides=changed)
+            new["device"] = device
+        else:
+            log(f"finished earlier ({done} epochs): skipped")
+    else:
+        fit(cfg, folder, log=log)
+        new["device"] = device
+    state = load_checkpoint(folder)
+    new["epochs"] = int(state["epoch"])
+    new["metrics"] = {k: v for k, v in state.get("metrics", {}).items() if isinstance(v, (int, float))}
+    if table.needs_linear and "linear_top1" not in new["metrics"]:
+        new["metrics"]["linear_top1"] = _linear(folder)
+    return new
+
+
+def _linear(folder: Path) -> float:
+    """Table 2's Linear column for a finished run (frozen features of the labelled train split)."""
+    from ..data.datasets import build_data
+    from ..engine.checkpoint import load_run
+    from ..engine.evaluation import evaluate
+
+    cfg, _, model, device = load_run(folder)
+    return evaluate(model, build_data(cfg.data), cfg, device, "linear")["linear_top1"]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def render(table: PaperTable, records: Dict[str, dict], out: Path, epochs, sets, data_dir):
+    """(markdown, csv) of the table: the paper's numbers beside ours, with epochs, wall time and device."""
+    metric_columns = [c for c in table.columns if c.metric]
+    header = (["row"] + [f"paper {c.header}" for c in table.columns] + [f"ours {c.header}" for c in metric_columns]
+              + ["epochs", "wall s", "device", "status"])
+    lines = []
+    for row in table.rows:
+        record = records.get(row.slug, {})
+        ours = record.get("metrics", {})
+        status = (record.get("status", "not run") if row.trainable else f"not implemented: {row.note}")
+        if record.get("status") == "failed":
+            status = f"failed: {record.get('error', '')}"
+        lines.append([row.name] + [_cell(v) for v in row.paper] + [_cell(ours.get(c.metric)) for c in metric_columns]
+                     + [_cell(record.get("epochs")), _cell(record.get("wall_seconds")), record.get("device", "-"),
+                        status])
+    text = io.StringIO()
+    csv.writer(text).writerows([header] + lines)
+    notes = [f"# Table {table.number}: {table.caption}", "",
+             f"Data: {data_dir} ({table.data}); run folders under {out}/."]
+    if epochs is not None:
+        notes.append(f"**Shortened: every trained row ran {epochs} epochs** (the paper's recipe: the config's "
+                     f"train.epochs); the paper's numbers are after the full schedule.")
+    if sets:
+        notes.append("Every row also had: " + " ".join(f"--set {s}" for s in sets))
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(cell.replace("|", "/") for cell in line) + " |" for line in lines]
+    return "\n".join(notes + [""] + md) + "\n", text.getvalue()
