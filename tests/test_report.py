@@ -244,3 +244,20 @@ def test_retrieval_grid_frames_agree_with_labels():
         for c, j in enumerate(neighbours[r], start=1):
             assert correct[r, c - 1] == (labels[j] == labels[q])
             assert figures.frame_colour(grid, r, c) == (figures.GREEN if labels[j] == labels[q] else figures.RED)
+
+
+def test_table_2_rows_get_the_linear_column(tmp_path):
+    """Table 2's Linear column: the frozen-feature linear probe of the row's final network."""
+    from invaspread.data.datasets import build_data
+    from invaspread.engine.checkpoint import load_run
+    from invaspread.engine.evaluation import evaluate
+    from invaspread.report.table_runner import _train_row
+
+    table = TABLES[2]
+    ours_5k = next(r for r in table.rows if r.slug == "ours_5k")
+    cfg = row_config(ours_5k, "unused", 1, TINY + ["data.name=digits", "data.image_size=32", "data.subset_per_class=40"])
+    record = _train_row(ours_5k, cfg, tmp_path / ours_5k.slug, table, lambda _: None)
+    cfg, _, model, device = load_run(tmp_path / ours_5k.slug)
+    expected = evaluate(model, build_data(cfg.data), cfg, device, "linear")["linear_top1"]
+    assert record["metrics"]["linear_top1"] == expected and "knn_top1" in record["metrics"]
+    assert record["epochs"] == 1 and cfg.method.name == "invaspread"

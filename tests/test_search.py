@@ -129,3 +129,10 @@ def test_search_cli_json_and_errors(run_and_images, tmp_path, capsys):
     assert main(["index", str(run), "--images", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 5 and all(e.startswith("invaspread: error: ") for e in errors)
+
+
+def test_a_checkpoint_loaded_into_another_architecture_is_one_line(run_and_images, capsys):
+    run, _ = run_and_images
+    assert main(["eval", str(run), "--set", "model.width=16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not fit the model.* config" in err and "Traceback" not in err

@@ -78,5 +78,10 @@ def load_run(path, overrides=()):
     validate(cfg)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg.model)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:   # --set model.* changed the architecture, or a hand-made checkpoint
+        first = str(err).strip().splitlines()[0]
+        raise InvaspreadError(f"{path}: its network does not fit the model.* config ({first}); drop the "
+                              f"--set model.* overrides") from err
     return cfg, state, model.to(device).eval(), device

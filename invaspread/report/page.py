@@ -103,6 +103,8 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
     from ..models import build_model
 
     checkpoints = kept_checkpoints(run)
+    if not checkpoints:
+        raise InvaspreadError(f"{run} has no checkpoint (last.pt or epoch-NNNN.pt): nothing to draw Figures 4-5 from")
     overrides = [f"data.root={data_dir}"] if data_dir else []
     cfg, state, model, device = load_run(checkpoints[max(checkpoints)], overrides)
     bundle = build_data(cfg.data, progress=False)
@@ -144,13 +146,40 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
                                 device)
         grid, correct = figures.retrieval_grid(test, query_rows, figures.retrieval_neighbours(feats, query_rows, k))
         Image.fromarray(grid).save(out / f"{name}-figure4-epoch{epoch}.png")
-        parts.append(f"<p>epoch {epoch}: {int(correct.sum())} of {correct.size} retrieved images correct</p>"
+        everyone = figures.retrieval_neighbours(feats, range(len(test)), k)
+        labels = np.asarray(test.labels)
+        precision = 100 * float((labels[everyone] == labels[:, None]).mean())
+        parts.append(f"<p>epoch {epoch}: {int(correct.sum())} of the {correct.size} images shown are correct; "
+                     f"precision@{k} over all {len(test)} test queries: {precision:.1f} %</p>"
                      f'<img src="{name}-figure4-epoch{epoch}.png" alt="Figure 4 of {html.escape(name)}, epoch {epoch}">')
     return "\n".join(parts)
 
 
+def table_membership(run: Path) -> List[tuple]:
+    """(table, row, {metric: paper value}) when ``run`` is a row folder of ``invaspread table`` (OUT/<row>/ beside
+    OUT/tableN.json), whatever --epochs / --set the table was run with."""
+    import json
+
+    from .paper_tables import TABLES
+
+    found = []
+    for records in run.parent.glob("table[0-9]*.json"):
+        number = int(records.stem[len("table"):])
+        try:
+            slugs = json.loads(records.read_text())
+        except (OSError, ValueError):
+            continue
+        if number not in TABLES or run.name not in slugs:
+            continue
+        for row in TABLES[number].rows:
+            if row.slug == run.name:
+                paper = {c.metric: v for c, v in zip(TABLES[number].columns, row.paper) if c.metric and v is not None}
+                found.append((number, row.name, paper))
+    return found
+
+
 def _metrics_table(cfg, final: dict, run: Path) -> str:
-    matches = paper_rows_for(cfg.to_dict())
+    matches = paper_rows_for(cfg.to_dict()) or table_membership(run)
     rows = []
     for key, value in final.items():
         if key == "epoch" or not isinstance(value, (int, float)) or key.endswith("seconds") or key in ("lr",):

@@ -99,7 +99,11 @@ def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] =
     configs = {row.slug: row_config(row, data_dir, epochs, sets) for row in table.rows if row.trainable}  # all checked first
     out.mkdir(parents=True, exist_ok=True)
     records_path = out / f"table{number}.json"
-    records = json.loads(records_path.read_text()) if records_path.is_file() else {}
+    try:
+        records = json.loads(records_path.read_text()) if records_path.is_file() else {}
+    except json.JSONDecodeError as err:
+        raise InvaspreadError(f"{records_path} is not valid JSON ({err}); it only holds each row's status and wall "
+                              f"time: move it aside and run again (finished rows are still skipped)") from err
     for row in table.rows:
         if not row.trainable:
             continue
