@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[60_000, 1_000_000])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--index", help="an index folder (invaspread index): time and score IVF on its real "
+                                        "embeddings too, with 100 of its rows as queries")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, faiss {getattr(faiss_module(False), '__version__', 'not installed')}")
@@ -79,9 +81,18 @@ def main() -> None:
         print("\n| search, 1 query, k = 10 | vectors | median ms |\n| --- | ---: | ---: |")
         query = np.random.default_rng(1).normal(size=(1, 128)).astype(np.float32)
         query /= np.linalg.norm(query)
-        for n in args.sizes:
-            vectors = np.random.default_rng(0).normal(size=(n, 128)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        collections = [(f"{n:,} random", n) for n in args.sizes]
+        if args.index:
+            from invaspread.search import SearchIndex
+
+            real = np.array(SearchIndex(args.index).embeddings)
+            collections.append((f"{len(real):,} of {args.index}", real))
+        for label, n in collections:
+            if isinstance(n, np.ndarray):
+                vectors, n = n, len(n)
+            else:
+                vectors = np.random.default_rng(0).normal(size=(n, 128)).astype(np.float32)
+                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             path = tmp / "vectors.f32"
             vectors.tofile(path)
             mapped = np.memmap(path, dtype=np.float32, mode="r", shape=(n, 128))
@@ -92,8 +103,11 @@ def main() -> None:
                 rows["faiss IndexFlatIP (exact)"] = lambda: flat.search(query, 10)
                 nlist = int(4 * np.sqrt(n))
                 _build_faiss(faiss, vectors, tmp / "ivf.index", nlist)
-                many = np.random.default_rng(2).normal(size=(100, 128)).astype(np.float32)
-                many /= np.linalg.norm(many, axis=1, keepdims=True)
+                if label.endswith("random"):
+                    many = np.random.default_rng(2).normal(size=(100, 128)).astype(np.float32)
+                    many /= np.linalg.norm(many, axis=1, keepdims=True)
+                else:   # real queries: rows of the collection itself
+                    many = vectors[np.random.default_rng(2).choice(n, 100, replace=False)]
                 exact_rows = flat.search(many, 10)[1]
                 for nprobe in (16, 128):
                     probe = faiss.read_index(str(tmp / "ivf.index"))
@@ -102,8 +116,7 @@ def main() -> None:
                     rows[f"faiss IVF ({nlist} lists, nprobe {nprobe}; recall@10 {recall:.2f})"] = \
                         lambda probe=probe: probe.search(query, 10)
             for name, fn in rows.items():
-                print(f"| {name} | {n:,} | {1000 * median_seconds(fn, args.repeats):.2f} |")
-            del mapped
+                print(f"| {name} | {label} | {1000 * median_seconds(fn, args.repeats):.2f} |")
 
 
 if __name__ == "__main__":

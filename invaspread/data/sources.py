@@ -258,7 +258,8 @@ def _decode_archive(archive: Path, splits: Sequence[str], progress: bool) -> dic
             try:
                 images.append(np.asarray(to_rgb(Image.open(io.BytesIO(data)), f"{archive}: {member}")))
             except (OSError, ValueError, Image.DecompressionBombError) as err:
-                raise DataError(f"{archive}: member {member} is not a readable image ({err})") from err
+                reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))  # PIL names the buffer
+                raise DataError(f"{archive}: member {member} is not a readable image ({reason})") from err
             labels.append(label)
         if not images:
             raise DataError(f"archive {archive} has no images under split '{s}/'")

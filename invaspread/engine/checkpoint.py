@@ -4,6 +4,8 @@ arbitrary objects."""
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -50,8 +52,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise InvaspreadError(f"no checkpoint at {path} (expected a run folder with last.pt, or a .pt file)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # corrupt file, or one holding arbitrary pickled objects
-        raise InvaspreadError(f"cannot load checkpoint {path}: {err}") from err
+    except pickle.UnpicklingError as err:   # weights_only refused a global: arbitrary objects, maybe code
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        raise InvaspreadError(f"cannot load checkpoint {path}: it holds objects other than tensors and plain values"
+                              f"{f' ({found.group(1)})' if found else ''}, refused unread since loading them could "
+                              f"run code") from err
+    except Exception as err:  # not a checkpoint at all, truncated, ...
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise InvaspreadError(f"cannot load checkpoint {path}: not a readable PyTorch checkpoint "
+                              f"({type(err).__name__}: {first})") from err
     if not isinstance(state, dict):
         raise InvaspreadError(f"{path} is not an invaspread checkpoint (it holds a {type(state).__name__})")
     stored = state.pop("checksum", None)
