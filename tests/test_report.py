@@ -261,3 +261,11 @@ def test_table_2_rows_get_the_linear_column(tmp_path):
     expected = evaluate(model, build_data(cfg.data), cfg, device, "linear")["linear_top1"]
     assert record["metrics"]["linear_top1"] == expected and "knn_top1" in record["metrics"]
     assert record["epochs"] == 1 and cfg.method.name == "invaspread"
+
+
+def test_report_refuses_bad_counts_and_folders_in_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep")]) == 2          # no metrics.jsonl
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "-k", "0"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and "not a run folder" in errors[0] and "-k 0" in errors[1]
+    assert not (tmp_path / "rep").exists()

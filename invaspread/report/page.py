@@ -66,12 +66,15 @@ def write_report(runs: Sequence, out, data_dir: Optional[str] = None, images: in
                  k: int = 8, seed: int = 0, log: Callable[[str], None] = print) -> Path:
     """Write ``out/index.html`` and its PNGs for ``runs`` (run folders); returns the page's path.
     ``images``: test images (a fixed random sample) used by Figures 4 and 5; ``queries`` x ``k``: the grid."""
+    for flag, value in (("--images", images), ("--queries", queries), ("-k", k)):
+        if value < 1:
+            raise InvaspreadError(f"report {flag} {value}: expected a positive number")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs = [Path(r) for r in runs]
     for run in runs:
         if not (run / "metrics.jsonl").is_file():
             raise InvaspreadError(f"{run} is not a run folder (no metrics.jsonl)")
+    out.mkdir(parents=True, exist_ok=True)
     names: Dict[Path, str] = {}
     for run in runs:
         name = _slug(run.name)
