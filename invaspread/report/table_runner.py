@@ -113,6 +113,7 @@ def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] =
         try:
             record.update(_train_row(row, configs[row.slug], out / row.slug, table, log))
             record["status"] = "done"
+            record.pop("error", None)
         except InvaspreadError as err:
             record.update(status="failed", error=str(err))
             log(f"row {row.name!r} failed: {err}")
@@ -133,7 +134,12 @@ def _train_row(row: Row, cfg: Config, folder: Path, table: PaperTable, log) -> d
     from ..engine.checkpoint import load_checkpoint
     from ..engine.trainer import fit, resolve_device
 
-    device = str(resolve_device(cfg.train.device))
+    resolved = resolve_device(cfg.train.device)
+    device = str(resolved)
+    if resolved.type == "cuda":   # the table says which card produced its numbers
+        import torch
+
+        device += f" ({torch.cuda.get_device_name(resolved)})"
     new = {}
     if (folder / "last.pt").exists():
         state = load_checkpoint(folder)
