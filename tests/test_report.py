@@ -269,3 +269,13 @@ def test_report_refuses_bad_counts_and_folders_in_one_line(tmp_path, capsys):
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and "not a run folder" in errors[0] and "-k 0" in errors[1]
     assert not (tmp_path / "rep").exists()
+
+
+def test_learning_curve_of_an_unseen_category_run_is_recall_at_1():
+    lines = [{"epoch": 0, "recall@1": 40.0, "nmi": 50.0, "eval_seconds": 2.0},
+             {"epoch": 1, "loss": 5.0, "train_seconds": 10.0, "epoch_start_seconds": 1.0},   # not evaluated
+             {"epoch": 2, "loss": 4.0, "train_seconds": 10.0, "recall@1": 45.5, "eval_seconds": 2.0}]
+    curve = figures.learning_curve(lines)
+    assert curve == {"metric": "recall@1", "epoch": [0, 2], "seconds": [2.0, 25.0], "value": [40.0, 45.5]}
+    fig = figures.plot_learning_curves({"cub": curve})
+    assert fig.axes[0].get_ylabel() == "R@1 (%)"
