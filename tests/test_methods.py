@@ -284,6 +284,6 @@ def test_cpu_and_device_batches_share_one_permutation_and_ranks_split_each_globa
     assert cpu == device and len(cpu) == 5 and sorted(sum(cpu, [])) == list(range(40))
     order = torch.randperm(40, generator=torch.Generator().manual_seed(11))
     for world_size in (2, 4):
-        shares = [_rank_slices(order, 8, rank, world_size) for rank in range(world_size)]
+        shares = [[ids.tolist() for ids in _rank_slices(order, 8, rank, world_size)] for rank in range(world_size)]
         for step in range(5):
             assert sum((s[step] for s in shares), []) == order[step * 8:(step + 1) * 8].tolist()

@@ -16,7 +16,7 @@ very instances, step by step, of one process.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
@@ -66,7 +66,8 @@ class CPUBatches:
         # of the plan's rows; one process takes whole batches
         order = (torch.randperm(len(self.source), generator=torch.Generator().manual_seed(s)) if plan is None
                  else torch.arange(plan.shape[0]))
-        loader = DataLoader(dataset, batch_sampler=_rank_slices(order, self.batch_size, self.rank, self.world),
+        batch_ids = [ids.tolist() for ids in _rank_slices(order, self.batch_size, self.rank, self.world)]
+        loader = DataLoader(dataset, batch_sampler=batch_ids,
                             num_workers=self.num_workers, generator=torch.Generator().manual_seed(s + self.rank),
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         try:
@@ -97,29 +98,27 @@ class DeviceBatches:
               plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
         gen = torch.Generator(device=self.device).manual_seed(s + self.rank)
-        local = self.batch_size // self.world           # this rank's share of every global batch
-        start = self.rank * local
         if plan is not None:
             plan = _checked_plan(plan, views, self.images.shape[0]).to(self.device)
-            for b in range(self.steps(plan)):
-                rows = torch.arange(b * self.batch_size + start, b * self.batch_size + start + local, device=self.device)
+            rows_of_plan = torch.arange(plan.shape[0], device=self.device)
+            for rows in _rank_slices(rows_of_plan, self.batch_size, self.rank, self.world):
                 out = self.augment(self.images[plan[rows].t().flatten()], gen)     # view-major, like below
                 yield out.view(views, len(rows), *out.shape[1:]), rows
             return
         order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
         second_index = None if second_index is None else second_index.to(self.device)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size + start:b * self.batch_size + start + local]
+        for idx in _rank_slices(order, self.batch_size, self.rank, self.world):
             second = idx if second_index is None else second_index[idx]
             # all views in one call: one set of kernel launches for V x B images
             out = self.augment(self.images[torch.cat([idx] + [second] * (views - 1))], gen)
             yield out.view(views, len(idx), *out.shape[1:]), idx
 
 
-def _rank_slices(order: torch.Tensor, batch_size: int, rank: int, world_size: int):
-    """[[ids of this rank's share of global batch b] for every full global batch b of ``order``]."""
+def _rank_slices(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> List[torch.Tensor]:
+    """[this rank's share of global batch b (a slice of ``order``) for every full global batch b]: the one
+    definition of which instances a rank trains on, for both batch sources."""
     local = batch_size // world_size
-    return [order[b * batch_size + rank * local:b * batch_size + (rank + 1) * local].tolist()
+    return [order[b * batch_size + rank * local:b * batch_size + (rank + 1) * local]
             for b in range(order.shape[0] // batch_size)]
 
 
