@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.distributed import gather_rows
+from ..ops.distributed import gather_rows, gathered_view_columns
 from .precision import at_least_float32
 
 VARIANTS = ("reference", "paper")
@@ -140,10 +140,8 @@ class InvaSpreadLoss(nn.Module):
         keys2, _ = self._keys(z2)
         total = keys1.shape[0]                                            # N: instances over all ranks
         logits = x @ self._key(torch.cat([keys1, keys2])).t() / self.temperature   # (2n, 2N), s_ak
-        rows = torch.arange(2 * n, device=x.device)
-        instance = offset + rows % n                                      # global instance of each anchor
-        own = instance + total * (rows >= n)                              # column of the anchor itself
-        positive = instance + total * (rows < n)                          # p(a): the other view
+        # own: the column of the anchor itself; positive: p(a), the column of its other view
+        rows, _, own, positive = gathered_view_columns(n, offset, total, x.device)
         eye = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, own[:, None], True)
         logits = logits.masked_fill(eye, float("-inf"))                   # Z_a excludes k = a
         is_negative = ~eye

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.distributed import gather_rows
+from ..ops.distributed import gather_rows, gathered_view_columns
 from .precision import at_least_float32
 
 NEGATIVES = ("random", "hard")
@@ -73,10 +73,7 @@ class TripletLoss(nn.Module):
                 keys, offset = x, 0
             total = keys.shape[0] // 2                                                  # N over all ranks
             dist = pairwise_distances(x, keys)                                          # (2n, 2N)
-            rows = torch.arange(2 * n, device=x.device)
-            instance = offset + rows % n
-            own = instance + total * (rows >= n)                                        # the anchor's global row
-            positive = instance + total * (rows < n)
+            rows, instance, own, positive = gathered_view_columns(n, offset, total, x.device)
             if self.negatives == "hard":
                 columns = torch.arange(2 * total, device=x.device)
                 same_instance = (columns[None, :] % total) == instance[:, None]

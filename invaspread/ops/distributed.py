@@ -22,14 +22,18 @@ def world() -> Tuple[int, int]:
     return 0, 1
 
 
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated in rank order (no autograd)."""
+    parts = [torch.empty_like(x) for _ in range(world()[1])]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
 class _GatherWithGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        rank, size = world()
-        ctx.rank, ctx.rows = rank, x.shape[0]
-        parts = [torch.empty_like(x) for _ in range(size)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+        ctx.rank, ctx.rows = world()[0], x.shape[0]
+        return _all_gather(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -45,9 +49,17 @@ def gather_rows(x: torch.Tensor, with_grad: bool = True) -> Tuple[torch.Tensor, 
         return x, 0
     if with_grad and x.requires_grad:
         return _GatherWithGradient.apply(x), rank * x.shape[0]
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.detach().contiguous())
-    return torch.cat(parts), rank * x.shape[0]
+    return _all_gather(x.detach()), rank * x.shape[0]
+
+
+def gathered_view_columns(n: int, offset: int, total: int, device=None):
+    """Index bookkeeping of a two-view loss over gathered keys: the local anchors are [z1; z2] (2n rows) of the
+    instances ``offset`` .. ``offset + n - 1``, the keys [view 1 of all ranks; view 2 of all ranks] (2 x
+    ``total`` columns). Returns (rows (2n,), instance (2n,): each anchor's global instance, own (2n,): the
+    anchor's own column, positive (2n,): the column of its other view)."""
+    rows = torch.arange(2 * n, device=device)
+    instance = offset + rows % n
+    return rows, instance, instance + total * (rows >= n), instance + total * (rows < n)
 
 
 def start_from_environment(device: torch.device) -> Tuple[torch.device, bool]:
