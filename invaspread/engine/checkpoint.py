@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_file
-from ..config import InvaspreadError
+from ..config import ConfigError, InvaspreadError
 
 CHECKPOINT_VERSION = 1
 
@@ -87,10 +87,15 @@ def load_run(path, overrides=()):
     validate(cfg)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:   # --set model.* changed the architecture, or a hand-made checkpoint
-        first = str(err).strip().splitlines()[0]
-        raise InvaspreadError(f"{path}: its network does not fit the model.* config ({first}); drop the "
-                              f"--set model.* overrides") from err
+    load_network(model, state["model"], str(path), "; drop the --set model.* overrides")
     return cfg, state, model.to(device).eval(), device
+
+
+def load_network(model, weights: dict, source: str, advice: str = "") -> None:
+    """``model.load_state_dict(weights)``; a network of another architecture is a one-line error naming
+    ``source`` (a model.* setting changed, or a checkpoint of another run)."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{source}: its network does not fit the model.* config ({first}){advice}") from err

@@ -24,7 +24,7 @@ from ..methods import build_method
 from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
-from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_network, save_checkpoint
 from .evaluation import evaluate
 from .features import source_features
 from .run_folder import RunFolder
@@ -93,12 +93,7 @@ def load_method_state(method, state: dict) -> None:
 
 def load_encoder_weights(model, path) -> None:
     """Initialise ``model`` with the network of another run (``model.init_from``): same architecture only."""
-    source = load_checkpoint(Path(path).expanduser())
-    try:
-        model.load_state_dict(source["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ConfigError(f"model.init_from={path}: its network does not fit this model.* config ({first})") from err
+    load_network(model, load_checkpoint(Path(path).expanduser())["model"], f"model.init_from={path}")
 
 
 def _rng_state(device):
