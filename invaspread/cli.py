@@ -105,7 +105,7 @@ def cmd_embed(args) -> int:
     import numpy as np
 
     from .data.sources import scan_image_folder
-    from .data.transforms import eval_transform, normalisation
+    from .data.transforms import run_eval_transform
     from .engine.checkpoint import load_run
     from .engine.features import extract_features
 
@@ -118,8 +118,8 @@ def cmd_embed(args) -> int:
         raise InvaspreadError(f"embed --batch-size {args.batch_size}: expected a positive number")
     cfg, state, model, device = load_run(args.run, _overrides(args))
     source = scan_image_folder(args.images)
-    transform = eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)
-    feats = extract_features(model, source, transform, args.batch_size, device, cfg.data.num_workers, progress=True)
+    feats = extract_features(model, source, run_eval_transform(cfg), args.batch_size, device, cfg.data.num_workers,
+                             progress=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if source.labels is None else {"labels": source.labels, "classes": np.asarray(source.classes)}
     np.savez(out, embeddings=feats.cpu().numpy(), paths=np.asarray(source.paths), **extra)

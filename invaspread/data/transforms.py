@@ -60,3 +60,8 @@ def eval_transform(aug, image_size: int, mean, std, resize=None):
     else:
         ops.append(T.Resize((image_size, image_size)))
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+def run_eval_transform(cfg):
+    """``eval_transform`` of a whole config: its recipe, image size, normalisation and pre-resize."""
+    return eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)

@@ -11,7 +11,7 @@ from ..config import ConfigError
 TAGS = {"loss": "train/loss", "lr": "train/lr", "images_per_second": "speed/images_per_second",
         "train_seconds": "time/train_seconds", "epoch_start_seconds": "time/epoch_start_seconds",
         "eval_seconds": "time/eval_seconds"}
-EPOCH_PARTS = ("train_seconds", "epoch_start_seconds", "eval_seconds")
+EPOCH_PARTS = ("train_seconds", "epoch_start_seconds", "eval_seconds")   # logged parts of an epoch's wall time
 
 
 def summary_writer_class():

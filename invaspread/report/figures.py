@@ -17,9 +17,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..engine.tensorboard import EPOCH_PARTS
+
 SIMILARITY_BINS = np.linspace(-1.0, 1.0, 101)   # Figure 5: 100 bins of width 0.02 over [-1, 1]
 GREEN, RED = (0, 170, 0), (220, 0, 0)
-EPOCH_SECONDS = ("train_seconds", "epoch_start_seconds", "eval_seconds")
 
 
 def _pyplot():
@@ -57,7 +58,7 @@ def learning_curve(lines: Sequence[dict]) -> Dict[str, list]:
     metric = curve_metric(lines)
     epochs, seconds, values, spent = [], [], [], 0.0
     for line in lines:
-        spent += sum(float(line.get(k, 0.0)) for k in EPOCH_SECONDS)
+        spent += sum(float(line.get(k, 0.0)) for k in EPOCH_PARTS)
         if metric in line:
             epochs.append(int(line["epoch"]))
             seconds.append(spent)

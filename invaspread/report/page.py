@@ -53,13 +53,8 @@ def final_metrics(lines: Sequence[dict]) -> dict:
 
 
 def kept_checkpoints(run: Path) -> Dict[int, Path]:
-    """epoch -> checkpoint file: every epoch-NNNN.pt the run kept (train.save_epochs / train.keep) and last.pt."""
-    from ..engine.checkpoint import load_checkpoint
-
-    found = {int(p.stem.split("-")[1]): p for p in run.glob("epoch-[0-9]*.pt")}
-    if (run / "last.pt").is_file():
-        found.setdefault(int(load_checkpoint(run / "last.pt")["epoch"]), run / "last.pt")
-    return dict(sorted(found.items()))
+    """epoch -> every epoch-NNNN.pt the run kept (train.save_epochs / train.keep), by file name."""
+    return dict(sorted((int(p.stem.split("-")[1]), p) for p in run.glob("epoch-[0-9]*.pt")))
 
 
 def write_report(runs: Sequence, out, data_dir: Optional[str] = None, images: int = 2000, queries: int = 8,
@@ -105,11 +100,12 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
     from ..engine.features import source_features
     from ..models import build_model
 
-    checkpoints = kept_checkpoints(run)
-    if not checkpoints:
+    kept = kept_checkpoints(run)
+    newest = run / "last.pt" if (run / "last.pt").is_file() else kept.get(max(kept, default=-1))
+    if newest is None:
         raise InvaspreadError(f"{run} has no checkpoint (last.pt or epoch-NNNN.pt): nothing to draw Figures 4-5 from")
     overrides = [f"data.root={data_dir}"] if data_dir else []
-    cfg, state, model, device = load_run(checkpoints[max(checkpoints)], overrides)
+    cfg, state, model, device = load_run(newest, overrides)
     bundle = build_data(cfg.data, progress=False)
     lines = figures.read_metrics(run)
     parts = [f"<h2>{html.escape(name)}</h2>", _metrics_table(cfg, final_metrics(lines), run)]
@@ -140,17 +136,18 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
     parts.append(f"<h3>Figure 4: top-{k} retrieval among {len(test)} test images (green: same label, red: "
                  f"another; the grey image is the query)</h3>")
     grids = {0: networks.get("untrained")} if "untrained" in networks else {}
-    grids.update({epoch: path for epoch, path in checkpoints.items()})
+    grids.update(kept)
+    grids[int(state["epoch"])] = model   # the newest network is loaded already
     from PIL import Image
 
+    labels = np.asarray(test.labels)
     for epoch, net_or_path in grids.items():
         net = net_or_path if isinstance(net_or_path, torch.nn.Module) else load_run(net_or_path, overrides)[2]
         feats = source_features(net, test, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
                                 device)
-        grid, correct = figures.retrieval_grid(test, query_rows, figures.retrieval_neighbours(feats, query_rows, k))
+        everyone = figures.retrieval_neighbours(feats, range(len(test)), k)   # the grid's rows are among them
+        grid, correct = figures.retrieval_grid(test, query_rows, everyone[query_rows])
         Image.fromarray(grid).save(out / f"{name}-figure4-epoch{epoch}.png")
-        everyone = figures.retrieval_neighbours(feats, range(len(test)), k)
-        labels = np.asarray(test.labels)
         precision = 100 * float((labels[everyone] == labels[:, None]).mean())
         parts.append(f"<p>epoch {epoch}: {int(correct.sum())} of the {correct.size} images shown are correct; "
                      f"precision@{k} over all {len(test)} test queries: {precision:.1f} %</p>"

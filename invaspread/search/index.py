@@ -29,7 +29,6 @@ from ..config import InvaspreadError
 from ..data.sources import IMAGE_SUFFIXES, DataError, FileImages
 
 INDEX_VERSION = 1
-BACKENDS = ("auto", "faiss", "torch")
 SEARCH_CHUNK_ROWS = 1 << 18   # torch search: 262,144 rows (128 MiB of float32 at d = 128) per matrix product
 
 
@@ -88,7 +87,7 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
     ``ivf``: number of inverted lists (0: exact ``IndexFlatIP``)."""
     from tqdm.auto import tqdm
 
-    from ..data.transforms import eval_transform, normalisation
+    from ..data.transforms import run_eval_transform
     from ..engine.checkpoint import CHECKPOINT_VERSION, load_run, save_checkpoint
 
     out = Path(out)
@@ -100,7 +99,7 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
     faiss = faiss_module(required=backend == "faiss") if backend != "torch" else None
     paths = collection_files(images)
     cfg, state, model, dev = load_run(run, [f"train.device={device}"] if device else [])
-    transform = eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)
+    transform = run_eval_transform(cfg)
     loader = DataLoader(_Readable(paths, transform), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate)
     building = out.with_name(f".{out.name}.building")
@@ -179,11 +178,11 @@ class SearchIndex:
 
     def embed(self, files: Sequence[str], device: Optional[str] = None) -> np.ndarray:
         """(Q, d) L2-normalised embeddings of query images, with the network and transform of the index."""
-        from ..data.transforms import eval_transform, normalisation
+        from ..data.transforms import run_eval_transform
         from ..engine.checkpoint import load_run
 
         cfg, _, model, dev = load_run(self.folder / "model.pt", [f"train.device={device}"] if device else [])
-        transform = eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)
+        transform = run_eval_transform(cfg)
         for f in files:
             if not Path(f).is_file():
                 raise InvaspreadError(f"query {f}: no such file")
