@@ -32,7 +32,9 @@ from invaspread.engine.checkpoint import load_checkpoint
 from invaspread.engine.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import CIFAR10_ARCHIVE as ARCHIVE  # noqa: E402
+from test_integration_methods import SETTINGS, subset_overrides  # noqa: E402  (the CI test's setting)
 
 
 def bank_state(checkpoint: dict, temperature: float):
@@ -47,13 +49,10 @@ def bank_state(checkpoint: dict, temperature: float):
 
 
 def run(temperature: float, noise: int, seed: int, epochs: int, every: int, out: Path, cache: Path) -> dict:
-    overrides = [f"data.root={ARCHIVE}", f"data.cache_dir={cache}", "data.subset_per_class=100",
-                 "data.test_subset_per_class=300", "data.num_workers=0", "augment.on_device=true", "model.width=8",
-                 "train.batch_size=64", f"train.epochs={epochs}", "train.eval_every=0", "train.progress=false",
-                 "optim.schedule=cosine", "optim.lr=0.03", "eval.knn_k=50", "method.name=nce",
-                 f"method.nce.temperature={temperature}", f"method.nce.noise={noise}", f"train.seed={seed}",
-                 f"train.save_epochs=[{','.join(str(e) for e in range(every, epochs + 1, every))}]"]
-    cfg = load_config(ROOT / "configs" / "cifar10.yaml", overrides)
+    kept = ",".join(str(e) for e in range(every, epochs + 1, every))
+    cfg = load_config(ROOT / "configs" / "cifar10.yaml", subset_overrides(
+        ARCHIVE, cache, "nce", epochs, SETTINGS["nce"][1], (f"method.nce.temperature={temperature}", f"method.nce.noise={noise}",
+                                            f"train.seed={seed}", f"train.save_epochs=[{kept}]")))
     t0 = time.perf_counter()
     last = fit(cfg, out, log=lambda s: None)
     seconds = time.perf_counter() - t0
@@ -90,7 +89,7 @@ def main(argv=None) -> int:
                 r = rows[-1]
                 print(f"tau {r['tau']} K {r['K']} seed {r['seed']}: {r['init']:.1f} -> {r['final']:.1f} "
                       f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
-    print(f"NCE on 1,000 CIFAR-10 images, width-8 ResNet18, {args.epochs} epochs, 64 per step, torch "
+    print(f"NCE on 1,000 CIFAR-10 images, width-8 ResNet18, {args.epochs} epochs, {SETTINGS['nce'][1]} per step, torch "
           f"{torch.__version__}, {torch.get_num_threads()} CPU threads\n")
     print("| tau | K | seed | kNN init % | kNN final % | change | bank cos max / end | max Zhat / Z (epoch) | s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -43,15 +43,19 @@ SETTINGS = {"exemplar": (30, 64, ()), "npsoftmax": (60, 64, ()), "triplet": (20,
             "deepcluster": (40, 64, ("method.deepcluster.clusters=10", "method.deepcluster.reassign=5"))}
 
 
+def subset_overrides(archive, cache, name: str, epochs: int, batch_size: int, extra=()) -> list:
+    """The ``--set``s of this module's setting (also run by benchmarks/nce_small_scale.py)."""
+    return [f"data.root={archive}", f"data.cache_dir={cache}", "data.subset_per_class=100",
+            "data.test_subset_per_class=300", "data.num_workers=0", "augment.on_device=true", "model.width=8",
+            f"train.batch_size={batch_size}", f"train.epochs={epochs}", "train.eval_every=0", "train.progress=false",
+            "optim.schedule=cosine", "optim.lr=0.03", "eval.knn_k=50", f"method.name={name}", *extra]
+
+
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_method_learns_on_cifar10_subset(name, cifar_cache, tmp_path):
     epochs, batch_size, extra = SETTINGS[name]
-    overrides = [f"data.root={cifar10_archive()}", f"data.cache_dir={cifar_cache}", "data.subset_per_class=100",
-                 "data.test_subset_per_class=300", "data.num_workers=0", "augment.on_device=true",
-                 "model.width=8", f"train.batch_size={batch_size}", f"train.epochs={epochs}", "train.eval_every=0",
-                 "train.progress=false", "optim.schedule=cosine", "optim.lr=0.03", "eval.knn_k=50",
-                 f"method.name={name}", *extra]
-    cfg = load_config("configs/cifar10.yaml", overrides)
+    cfg = load_config("configs/cifar10.yaml", subset_overrides(cifar10_archive(), cifar_cache, name, epochs,
+                                                               batch_size, extra))
     last = fit(cfg, tmp_path / name, log=lambda s: None)
     initial = json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["knn_top1"]
     print(f"{name}: kNN top-1 init {initial:.1f}% -> {last['knn_top1']:.1f}% after {epochs} epochs")
