@@ -63,7 +63,7 @@ def cmd_config(args) -> int:
 
     from .config import describe, load_config
 
-    cfg = load_config(resolve_config_path(args.name) if args.name else None, list(args.set or []))
+    cfg = load_config(resolve_config_path(args.name, "config") if args.name else None, list(args.set or []))
     print(f"# {args.name or 'defaults'}: every key, its value and what it means (--set section.key=value)")
     opened: list = []  # the sections (and sub-sections) whose header is printed
     for key, value, meaning in describe(cfg):
@@ -84,17 +84,19 @@ def cmd_eval(args) -> int:
 
     from .data.datasets import build_data
     from .engine.checkpoint import load_run
-    from .engine.evaluation import default_protocol, evaluate
+    from .engine.evaluation import evaluate, resolve_protocol
 
     cfg, state, model, device = load_run(args.run, _overrides(args))
     bundle = build_data(cfg.data, progress=True)
-    protocol = args.protocol or default_protocol(bundle)
+    protocol = resolve_protocol(args.protocol or cfg.eval.protocol, bundle, cfg.data.name)
+    if protocol is None:
+        raise InvaspreadError(f"data.name={cfg.data.name} has no labelled evaluation images (eval.protocol="
+                              f"{args.protocol or cfg.eval.protocol}); for an image folder set data.test_root with "
+                              f"--set data.test_root=DIR")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = evaluate(model, bundle, cfg, device, protocol, progress=True)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "evaluation changed the model"
-    if not result:
-        raise InvaspreadError(f"data.name={cfg.data.name} has no labelled evaluation images")
     print(f"{cfg.data.name}, epoch {state['epoch']}, protocol {protocol}:")
     for key, value in result.items():
         print(f"  {key:>14s}  {value:8.2f}")
@@ -108,21 +110,24 @@ def cmd_embed(args) -> int:
     from .data.transforms import run_eval_transform
     from .engine.checkpoint import load_run
     from .engine.features import extract_features
+    from .outputs import check_new_path, check_out, new_file
+    from .search.index import refuse_non_finite
 
-    out = Path(args.out)
-    if out.is_dir():
-        raise InvaspreadError(f"embed --out {out} is a folder; give a file name such as {out / 'embeddings.npz'}")
+    out = check_out(args.out, "embed --out", folder=False)   # a folder is refused before a suffix is added
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")  # numpy would append it anyway: say where the file really is
+    out = check_out(out, "embed --out", folder=False)
+    check_new_path(out, "embed --out")   # before the work; publishing checks again
     if args.batch_size < 1:
         raise InvaspreadError(f"embed --batch-size {args.batch_size}: expected a positive number")
     cfg, state, model, device = load_run(args.run, _overrides(args))
     source = scan_image_folder(args.images)
     feats = extract_features(model, source, run_eval_transform(cfg), args.batch_size, device, cfg.data.num_workers,
-                             progress=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+                             progress=True).cpu().numpy()
+    refuse_non_finite(feats, source.paths, f"the network of {args.run} (epoch {state['epoch']})")
     extra = {} if source.labels is None else {"labels": source.labels, "classes": np.asarray(source.classes)}
-    np.savez(out, embeddings=feats.cpu().numpy(), paths=np.asarray(source.paths), **extra)
+    with new_file(out, "embed --out") as fh:
+        np.savez(fh, embeddings=feats, paths=np.asarray(source.paths), **extra)
     print(f"{len(source)} images from {args.images} -> {out} ({feats.shape[1]}-d, L2-normalised; "
           f"model of epoch {state['epoch']})")
     return 0
@@ -134,11 +139,12 @@ def cmd_cache(args) -> int:
 
     folder = cache_folder(args.cache_dir)
     if args.action == "clear":
-        freed = clear_entries(args.cache_dir)
-        print(f"{folder}: removed {freed / 1024 ** 2:.1f} MiB")
+        removed, freed = clear_entries(args.cache_dir)
+        print(f"{folder}: removed {removed} cache file{'s' * (removed != 1)} ({freed / 1024 ** 2:.1f} MiB); other "
+              f"files there are not the cache's and were left alone")
         return 0
     entries = list_entries(args.cache_dir)
-    print(f"{folder}: {len(entries)} entries, {sum(size for _, size, _ in entries) / 1024 ** 2:.1f} MiB")
+    print(f"{folder}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {sum(size for _, size, _ in entries) / 1024 ** 2:.1f} MiB")
     for path, size, meta in entries:
         what = meta.get("archive", meta.get("state", "?"))
         print(f"  {path.name}  {size / 1024 ** 2:8.1f} MiB  {meta.get('created', '')}  {what}")
@@ -174,17 +180,21 @@ def cmd_search(args) -> int:
     import json
 
     from .search import SearchIndex
+    from .search.index import printable
 
+    for flag, value in (("-k", args.k), ("--nprobe", args.nprobe)):
+        if value < 1:
+            raise InvaspreadError(f"search {flag} {value}: expected a positive number")
     index = SearchIndex(args.index)
     scores, rows = index.search(index.embed(args.queries, args.device), args.k, args.backend, args.nprobe)
     for query, query_scores, query_rows in zip(args.queries, scores, rows):
         hits = [{"path": index.paths[r], "score": round(float(s), 6)} for s, r in zip(query_scores, query_rows) if r >= 0]
-        if args.json:
-            print(json.dumps(hits))
+        if args.json:   # a name that is not UTF-8 stays exact as JSON's \\udcNN escape
+            print(json.dumps({"query": query, "results": hits}))
             continue
-        print(query)
+        print(printable(query))
         for rank, hit in enumerate(hits, 1):
-            print(f"  {rank:3d}  {hit['score']:.4f}  {hit['path']}")
+            print(f"  {rank:3d}  {hit['score']:.4f}  {printable(hit['path'])}")
     return 0
 
 
@@ -231,10 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
                         description="Evaluate a checkpoint with one of the paper's protocols: knn (Tables 1-2), "
-                                    "linear (Table 2), retrieval = Recall@K + NMI (Tables 3-6). The default is "
-                                    "knn for seen-category data sets and retrieval for unseen ones.")
+                                    "linear (Table 2), retrieval = Recall@K + NMI (Tables 3-6). The default is the "
+                                    "run's eval.protocol (auto: knn when the training images are labelled, else "
+                                    "retrieval among the labelled test images).")
     ev.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
-    ev.add_argument("--protocol", choices=["knn", "linear", "retrieval"])
+    ev.add_argument("--protocol", choices=["auto", "knn", "linear", "retrieval"],
+                    help="overrides the run's eval.protocol for this evaluation")
     ev.add_argument("--data-dir", help="data location, if it moved since training")
     ev.add_argument("--device", help="auto, cpu or cuda")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval.knn_k=20")
@@ -333,6 +345,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = {   # what an interrupted command leaves behind, by command
+    "train": "every finished epoch is saved in the run folder's last.pt (continue with: invaspread train --resume "
+             "RUN_DIR)",
+    "table": "every finished epoch of the row in progress is saved; run the same table command again to go on",
+    "index": "no index was written (the partial one is removed); run the command again",
+    "embed": "no embeddings file was written; run the command again",
+    "report": "no report was written (the partial one is removed); run the command again",
+}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -341,9 +363,13 @@ def main(argv=None) -> int:
         print(f"invaspread: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninvaspread: interrupted; every finished epoch is saved in the run folder's last.pt "
-              "(continue with: invaspread train --resume RUN_DIR)", file=sys.stderr)
+        print(f"\ninvaspread: interrupted; {INTERRUPTED.get(args.command, 'nothing was changed')}", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `invaspread config cifar10 | head`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error when Python flushes
+        return 141
 
 
 if __name__ == "__main__":

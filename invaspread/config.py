@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ class ConfigError(InvaspreadError, ValueError):
 @dataclass
 class DataConfig:
     name: str = "digits"  # digits | cifar10 | cifar10_unseen | image_folder | stl10 | cub200 | cars196 | sop
-    root: Optional[str] = None  # data set folder or archive; see README "Data sets"
+    root: Optional[str] = None  # data set folder or archive; see README "Both evaluation settings of the paper"
     test_root: Optional[str] = None  # image_folder only: a labelled folder to evaluate on
     download: bool = False  # let torchvision download CIFAR-10 / STL-10 into root when missing
     image_size: int = 32  # side of the training views (and of evaluation images)
@@ -77,7 +78,7 @@ class LossConfig:
     variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
     stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
     positive: str = "augmentation"  # "augmentation" | "augmentation_or_neighbour" (the paper's CUB-200 option, Sec. 4.2)
-    negatives: str = "all"  # "all" | "hard" | "easy" | "released": Table 8's sampling (README, Table 8)
+    negatives: str = "all"  # "all" | "hard" | "easy" | "released": Table 8's sampling (README "Seen testing categories")
     negative_fraction: float = 0.5  # share of negatives kept by "hard" / "easy" / "released"
 
 
@@ -116,6 +117,7 @@ class EvalConfig:
     knn_temperature: float = 0.1  # vote weight exp(similarity / knn_temperature) (paper: 0.1)
     batch_size: int = 512  # images per forward pass when building feature banks
     recall_ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])  # K of Recall@K (unseen categories)
+    protocol: str = "auto"  # auto (kNN with labelled training images, else Recall@K + NMI on the test images) | knn | linear | retrieval | none
 
 
 @dataclass
@@ -145,6 +147,7 @@ CHOICES = {
     "loss.positive": ("augmentation", "augmentation_or_neighbour"),
     "loss.negatives": ("all", "hard", "easy", "released"),
     "optim.schedule": ("step", "cosine", "constant"),
+    "eval.protocol": ("auto", "knn", "linear", "retrieval", "none"),
 }
 
 
@@ -210,6 +213,10 @@ def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
                               f"keys look like section.key" + (f" (keys of it: {', '.join(typing.get_type_hints(type(child)))})"
                                                               if last else ""))
         node = child
+
+
+MIN_TEMPERATURE = 1e-6
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def validate(cfg: Config) -> Config:
@@ -284,6 +291,30 @@ def validate(cfg: Config) -> Config:
     if cfg.data.std is not None and not all(v > 0 and math.isfinite(v) for v in cfg.data.std):
         raise ConfigError(f"data.std={cfg.data.std}: every channel's std must be a positive number (images are "
                           f"divided by it)")
+    for key, value in (("loss.temperature", cfg.loss.temperature), ("eval.knn_temperature", cfg.eval.knn_temperature),
+                       ("method.exemplar.temperature", cfg.method.exemplar.temperature),
+                       ("method.npsoftmax.temperature", cfg.method.npsoftmax.temperature),
+                       ("method.nce.temperature", cfg.method.nce.temperature)):
+        if value < MIN_TEMPERATURE:   # 1/temperature overflows (and any value this small is an argmax anyway)
+            raise ConfigError(f"{key}={value!r}: expected a temperature >= {MIN_TEMPERATURE:g} (similarities are "
+                              f"divided by it)")
+    if not cfg.eval.recall_ks or any(k < 1 for k in cfg.eval.recall_ks):
+        raise ConfigError(f"eval.recall_ks={cfg.eval.recall_ks}: expected a non-empty list of K >= 1, e.g. [1, 2, 4, 8]")
+    if any(not (f > 0 and math.isfinite(f)) for f in cfg.optim.decay_factors):
+        raise ConfigError(f"optim.decay_factors={cfg.optim.decay_factors}: expected positive lr multipliers, e.g. "
+                          f"[0.1, 0.01]")
+    if any(e < 0 for e in cfg.optim.decay_epochs):
+        raise ConfigError(f"optim.decay_epochs={cfg.optim.decay_epochs}: expected epoch numbers >= 0")
+    for key, value in (("data.subset_per_class", cfg.data.subset_per_class),
+                       ("data.test_subset_per_class", cfg.data.test_subset_per_class),
+                       ("model.pool_window", cfg.model.pool_window), ("data.resize", cfg.data.resize)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value}: expected null (all / the default) or a positive number")
+    if cfg.train.eval_every < 0:
+        raise ConfigError(f"train.eval_every={cfg.train.eval_every}: expected 0 (only at the end) or a number of "
+                          f"epochs")
+    if not DEVICE_NAME.match(cfg.train.device):
+        raise ConfigError(f"train.device={cfg.train.device!r}: expected auto, cpu, cuda or cuda:N")
     if not 0 <= cfg.train.seed < 2 ** 63:
         raise ConfigError(f"train.seed={cfg.train.seed}: expected an integer from 0 to 9223372036854775807")
     return cfg
@@ -305,7 +336,6 @@ def describe(cfg: Config):
     """Yield (dotted key, value, one-line meaning) for every key of ``cfg``; the meanings are the comments
     beside the fields in this file, so the help text cannot drift from the code."""
     import inspect
-    import re
 
     def walk(node, prefix):
         comments = dict(re.findall(r"^\s+(\w+): [^#\n]*?(?:#\s*(.*))?$", inspect.getsource(type(node)), re.M))
@@ -328,6 +358,12 @@ def from_dict(data: dict, source: str = "") -> Config:
         for dotted, value in _flatten(values, str(section), source):
             set_key(cfg, dotted, value, source)
     return cfg
+
+
+def completed(data: dict, source: str = "") -> dict:
+    """A config dict as saved by an older version, with every key added since at its default (the form
+    ``Config.to_dict`` gives today), so a run written before a key existed compares equal to itself."""
+    return from_dict(data, source).to_dict()
 
 
 def parse_override(text: str):
@@ -363,8 +399,10 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         if not p.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.load(p.read_text(), Loader=_StrictLoader) or {}
-        except yaml.YAMLError as err:
+            data = yaml.load(p.read_text(encoding="utf-8"), Loader=_StrictLoader) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start}: {err.reason})") from err
+        except (yaml.YAMLError, TypeError) as err:   # TypeError: a list or mapping used as a key
             raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from err
         cfg = from_dict(data, str(path))
     for text in overrides or []:
@@ -384,13 +422,14 @@ def bundled_configs() -> List[str]:
     return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
 
 
-def resolve_config_path(name: str) -> str:
-    """A YAML file's path, or the bundled config of that name (``cifar10`` -> invaspread/configs/cifar10.yaml)."""
+def resolve_config_path(name: str, flag: str = "--config") -> str:
+    """A YAML file's path, or the bundled config of that name (``cifar10`` -> invaspread/configs/cifar10.yaml);
+    ``flag`` names the argument in the error (``invaspread config NAME`` takes it without a flag)."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return str(p)
     packaged = PACKAGED_CONFIGS / f"{name}.yaml"
     if packaged.is_file():
         return str(packaged)
-    raise InvaspreadError(f"--config {name}: no such file and no bundled config of that name "
+    raise InvaspreadError(f"{flag + ' ' if flag else ''}{name}: no such file and no bundled config of that name "
                           f"(bundled: {', '.join(bundled_configs())})")

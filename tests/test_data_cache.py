@@ -120,6 +120,6 @@ def test_cache_command_lists_and_clears(tmp_path, capsys):
     read(archive, cache)
     assert main(["cache", "list", "--cache-dir", str(cache)]) == 0
     listed = capsys.readouterr().out
-    assert "1 entries" in listed and str(archive) in listed
+    assert "1 entry," in listed and str(archive) in listed
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert entries(cache) == [] and "removed" in capsys.readouterr().out

@@ -118,7 +118,9 @@ def test_search_cli_json_and_errors(run_and_images, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2
     for line in lines:
-        hits = json.loads(line)
+        answer = json.loads(line)
+        assert answer["query"] == query   # each line names its query
+        hits = answer["results"]
         assert len(hits) == 3 and set(hits[0]) == {"path", "score"}
         assert hits[0]["path"] == query and abs(hits[0]["score"] - 1.0) < 1e-5
         assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]

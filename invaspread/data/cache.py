@@ -15,21 +15,27 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import sys
 import time
+import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from ..atomic import atomic_file
+from ..config import InvaspreadError
+from ..locks import Lock
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; entries are still written atomically and checked
-    fcntl = None
+
+
+def _note(text: str) -> None:
+    print(f"invaspread: {text}", file=sys.stderr)
 
 
 def cache_folder(cache_dir: Optional[str] = None) -> Path:
@@ -79,31 +85,87 @@ def store_entry(path: Path, arrays: Dict[str, np.ndarray]) -> bool:
 
 
 @contextlib.contextmanager
-def entry_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock of one entry across processes (blocking); a no-op where the folder is not writable."""
-    handle = None
-    if fcntl is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(path.with_suffix(".lock"), "a")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:
-            handle = None
+def entry_lock(path: Path, log: Callable[[str], None] = _note) -> Iterator[None]:
+    """Exclusive lock of one entry across processes: waits (saying for whom) while another process decodes the
+    same archive; a lock file that is not a regular file is refused (``invaspread.locks``); a no-op where the
+    folder is not writable."""
+    lock = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = Lock(path.with_suffix(".lock"), f"cache entry {path.name}").acquire(wait=True, log=log)
+    except PermissionError:
+        lock = None
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES):
+            raise
     try:
         yield
     finally:
-        if handle is not None:
-            handle.close()
+        if lock is not None:
+            lock.release()
+
+
+ENTRY_NAME = re.compile(r"^(?P<stem>[^/]+-[0-9a-f]{16})\.npz$")
+LOCK_NAME = re.compile(r"^(?P<stem>[^/]+-[0-9a-f]{16})\.lock$")
+TEMP_NAME = re.compile(r"^\.(?P<stem>[^/]+-[0-9a-f]{16})\.npz\.[A-Za-z0-9_]+\.tmp$")
+HOLDER_LINE = re.compile(r"^(pid \d+ on \S* since [0-9: -]+)?\s*$")
+
+
+def is_entry(path: Path) -> bool:
+    """An entry this cache wrote: its name (``NAME-<16 hex>.npz``), a regular file, and a zip holding the
+    cache's own arrays (``__digest__`` and ``__meta__``). Anything else in the folder is not the cache's."""
+    if not ENTRY_NAME.match(path.name) or path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return {"__digest__.npy", "__meta__.npy"} <= names
+
+
+def _is_lock(path: Path) -> bool:
+    """A lock file of an entry (named after one, regular, empty or holding one holder line) that no process
+    holds now."""
+    if not LOCK_NAME.match(path.name) or path.is_symlink() or not path.is_file() or path.stat().st_size > 300:
+        return False
+    try:
+        if not HOLDER_LINE.match(path.read_text()):
+            return False
+        Lock(path).acquire().release()   # held by a running decode: left alone
+    except (InvaspreadError, OSError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _is_leftover(path: Path) -> bool:
+    """A temporary file of an entry write that died (no process holds the entry's lock)."""
+    m = TEMP_NAME.match(path.name)
+    return bool(m) and path.is_file() and not path.is_symlink() and not _lock_held(path.parent / f"{m['stem']}.lock")
+
+
+def _lock_held(lock: Path) -> bool:
+    if not lock.is_file():
+        return False
+    try:
+        Lock(lock).acquire().release()
+    except (InvaspreadError, OSError):
+        return True
+    return False
 
 
 def list_entries(cache_dir: Optional[str] = None):
-    """[(path, size in bytes, metadata dict)] of the entries in the cache folder."""
+    """[(path, size in bytes, metadata dict)] of the entries in the cache folder (its files only)."""
     folder = cache_folder(cache_dir)
     out = []
     for path in sorted(folder.glob("*.npz")) if folder.is_dir() else []:
+        if not ENTRY_NAME.match(path.name) or not path.is_file():
+            continue
         meta = {}
         try:
             with np.load(path, allow_pickle=False) as z:
+                if "__digest__" not in z.files:
+                    continue
                 meta = json.loads(str(z["__meta__"])) if "__meta__" in z.files else {}
         except Exception:
             meta = {"state": "unreadable (rebuilt on next use)"}
@@ -111,15 +173,18 @@ def list_entries(cache_dir: Optional[str] = None):
     return out
 
 
-def clear_entries(cache_dir: Optional[str] = None) -> int:
-    """Remove every entry, lock and leftover temporary file; returns the bytes freed."""
+def clear_entries(cache_dir: Optional[str] = None) -> Tuple[int, int]:
+    """Remove the cache's own files: entries (``is_entry``), their unheld locks and leftover temporary files.
+    Returns (files removed, bytes freed). Any other file in the folder is the user's and stays, whatever its
+    name."""
     folder = cache_folder(cache_dir)
-    freed = 0
-    for pattern in ("*.npz", "*.lock", ".*.tmp"):
-        for path in folder.glob(pattern) if folder.is_dir() else []:
+    removed = freed = 0
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if is_entry(path) or _is_lock(path) or _is_leftover(path):
             freed += path.stat().st_size
             path.unlink()
-    return freed
+            removed += 1
+    return removed, freed
 
 
 def metadata(archive: Path, splits) -> np.ndarray:

@@ -42,9 +42,11 @@ def cifar10_splits(cfg, progress: bool = True):
                                           cfg.cache_dir, progress)
         return splits["train"], splits["test"]
     if (root / "train").is_dir() and (root / "test").is_dir():
-        return tuple(maybe_to_memory(subset_per_class(scan_image_folder(root / split, labelled=True), per_class[split]),
+        train, test = (scan_image_folder(root / split, labelled=True) for split in ("train", "test"))
+        test.labels, test.classes = _labels_by_class_name(test, train.classes, root / "test"), train.classes
+        return tuple(maybe_to_memory(subset_per_class(source, per_class[split]),
                                      True if cfg.in_memory is None else cfg.in_memory, progress)
-                     for split in ("train", "test"))
+                     for split, source in (("train", train), ("test", test)))
     if not (root / "cifar-10-batches-py").is_dir() and not cfg.download:
         raise DataError(f"data.root={cfg.root}: found neither cifar-10-batches-py/, train/ and test/ folders, nor "
                         f"one .tar.gz archive; set data.download=true to download CIFAR-10 there")
@@ -55,6 +57,11 @@ def cifar10_splits(cfg, progress: bool = True):
 
 def _cifar10(cfg, progress):
     train, test = cifar10_splits(cfg, progress)
+    absent = sorted(set(np.unique(test.labels).tolist()) - set(np.unique(train.labels).tolist()))
+    if absent:   # kNN could never predict them: every such query would count as wrong
+        names = [test.classes[i] if test.classes else str(i) for i in absent]
+        raise DataError(f"data.root={cfg.root}: test class(es) {', '.join(names)} have no training images; kNN "
+                        f"evaluation needs every test class among the training classes")
     return DataBundle(train, train, test, "seen")
 
 
@@ -87,8 +94,8 @@ def _labels_by_class_name(query, train_classes, test_root):
     index = {name: i for i, name in enumerate(train_classes)}
     unknown = sorted(set(query.classes) - set(index))
     if unknown:
-        raise DataError(f"data.test_root={test_root}: class folder(s) {', '.join(unknown)} are not among the "
-                        f"training classes ({', '.join(train_classes)})")
+        raise DataError(f"{test_root}: class folder(s) {', '.join(unknown)} are not among the training classes "
+                        f"({', '.join(train_classes)}); kNN evaluation needs every test class among them")
     return np.asarray([index[query.classes[y]] for y in query.labels], dtype=np.int64)
 
 

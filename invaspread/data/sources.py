@@ -14,14 +14,16 @@ import hashlib
 import io
 import pickle
 import re
+import sys
 import tarfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..config import InvaspreadError
 from .cache import cache_folder, entry_lock, file_digest, load_entry, store_entry
@@ -74,7 +76,7 @@ class FileImages:
         path = self.paths[i]
         try:
             with Image.open(path) as img:
-                return to_rgb(img, path)
+                return to_rgb(upright(img), path)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"cannot read image {path}: {err}") from err
 
@@ -95,6 +97,17 @@ class FileImages:
                                 f"{first.shape[1]}x{first.shape[0]}; set data.in_memory=false or resize the images")
             out[i] = arr
         return ArrayImages(out, self.labels, self.classes)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a phone photo's EXIF orientation tag (rotated or mirrored
+    sensor data) applied, as every viewer does. Every reader (train, eval, embed, index, search, archives)
+    goes through here, so a photo is the same pixels everywhere."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except (OSError, ValueError, SyntaxError):   # a damaged EXIF block: the pixels as stored
+        return img
+    return ImageOps.exif_transpose(img) if orientation in range(2, 9) else img
 
 
 def to_rgb(img: Image.Image, name) -> Image.Image:
@@ -135,29 +148,57 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def scan_image_folder(root, labelled: Optional[bool] = None) -> FileImages:
-    """``root/<class>/<image>`` (labelled, classes sorted as in torchvision's ImageFolder) or a flat
-    folder of images (unlabelled). Files are sorted by name within each class."""
+def _note(text: str) -> None:
+    print(f"invaspread: {text}", file=sys.stderr)
+
+
+def scan_image_folder(root, labelled: Optional[bool] = None, check: bool = True,
+                      log: Optional[Callable[[str], None]] = _note) -> FileImages:
+    """Every image file under ``root``, recursively (hidden files and folders skipped), sorted by path: the one
+    rule that ``train``, ``eval``, ``embed`` and ``index`` share, so all four see the same images.
+
+    Labels come from the folder only when *every* image sits directly in a first-level ``<class>/`` folder
+    (torchvision's ImageFolder layout; classes sorted by name). Otherwise the folder is unlabelled and, where it
+    has sub-folders, ``log`` says why ("450 images at the top level: labels not used"); no image is dropped.
+    ``labelled=True`` requires the labelled layout (an error says which images break it); ``False`` never
+    labels. ``check``: open every file's header now (``check_headers``); ``index`` skips unreadable files
+    instead and passes False."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if labelled is None:
-        labelled = bool(class_dirs)
-    if labelled:
-        paths, labels = [], []
-        for label, d in enumerate(class_dirs):
-            files = sorted(p for p in d.rglob("*") if p.is_file() and _is_image(p.name))
-            paths += [str(p) for p in files]
-            labels += [label] * len(files)
-        source = FileImages(paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs])
-    else:
-        files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
-        source = FileImages([str(p) for p in files])
-    if len(source) == 0:
+    found = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root)
+        if _is_image(path.name) and not any(part.startswith(".") for part in relative.parts) and path.is_file():
+            found.append(relative)
+    found.sort(key=lambda rel: rel.parts)
+    if not found:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
-    check_headers(source.paths, root)
+    loose = [rel for rel in found if len(rel.parts) == 1]
+    nested = [rel for rel in found if len(rel.parts) > 2]
+    why = None
+    if loose:
+        why = f"{_count(len(loose), 'image')} at the top level (e.g. {loose[0]})"
+    elif nested:
+        why = f"{_count(len(nested), 'image')} in nested folders (e.g. {nested[0]})"
+    if labelled and why:
+        raise DataError(f"{root} must hold images in <class>/ sub-folders only (<class>/<image>), but it has {why}")
+    paths = [str(root / rel) for rel in found]
+    if labelled is False or why:
+        if why and labelled is None and (loose and len(loose) < len(found) or nested) and log is not None:
+            log(f"{root}: {why}: labels not used ({len(found)} unlabelled images)")
+        source = FileImages(paths)
+    else:
+        classes = sorted({rel.parts[0] for rel in found})
+        number = {name: i for i, name in enumerate(classes)}
+        source = FileImages(paths, np.asarray([number[rel.parts[0]] for rel in found], dtype=np.int64), classes)
+    if check:
+        check_headers(source.paths, root)
     return source
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def check_headers(paths: Sequence[str], root) -> None:
@@ -228,46 +269,68 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
 MAX_MEMBER_BYTES = 256 * 1024 ** 2  # no image file is this large; a bigger member is refused, never read
 
 
+ARCHIVE_MEMORY_LIMIT = 8 * 1024 ** 3  # decoded bytes an archive may take in RAM (CIFAR-10: 184 MB)
+
+
 def _decode_archive(archive: Path, splits: Sequence[str], progress: bool) -> dict:
-    """Every image of ``splits`` in the archive: {"classes", "<split>_images", "<split>_labels"} arrays."""
+    """Every image of ``splits`` in the archive: {"classes", "<split>_images", "<split>_labels"} arrays.
+
+    Members are decoded as they stream past (never held as compressed bytes), each checked against the first
+    image of its split for size before it is decoded, and the decoded total against ``ARCHIVE_MEMORY_LIMIT``:
+    memory stays bounded by the images themselves, whatever the archive holds."""
+    from tqdm.auto import tqdm
+
     pattern = re.compile(r"^(?:.*/)?(" + "|".join(map(re.escape, splits)) + r")/([^/]+)/([^/]+)$")
-    raw: dict = {s: defaultdict(list) for s in splits}  # split -> class -> [(name, bytes)]
+    decoded: dict = {s: defaultdict(list) for s in splits}  # split -> class -> [(name, image array)]
+    first: dict = {}   # split -> (member, (H, W))
+    total = 0
     try:
         with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
+            for member in tqdm(tar, desc=f"decoding {archive.name}", disable=not progress, leave=False):
                 m = pattern.match(member.name)
                 if not member.isfile() or m is None or not _is_image(m.group(3)):
                     continue
                 if member.size > MAX_MEMBER_BYTES:
                     raise DataError(f"{archive}: member {member.name} is {member.size / 1024 ** 2:.0f} MiB; an image "
                                     f"file over {MAX_MEMBER_BYTES // 1024 ** 2} MiB is refused (not read)")
-                raw[m.group(1)][m.group(2)].append((m.group(3), tar.extractfile(member).read()))
-    except (tarfile.TarError, OSError, EOFError) as err:
-        raise DataError(f"cannot read archive {archive}: {err}") from err
-    classes = sorted(set().union(*[raw[s].keys() for s in splits]))
+                split = m.group(1)
+                image = _decode_member(archive, member.name, tar.extractfile(member), first.setdefault(split, None))
+                first[split] = first[split] or (member.name, image.shape)
+                total += image.nbytes
+                if total > ARCHIVE_MEMORY_LIMIT:
+                    raise DataError(f"{archive}: its images decode to more than {ARCHIVE_MEMORY_LIMIT / 1024 ** 3:.0f} "
+                                    f"GiB; extract it and train on the folder with data.in_memory=false")
+                decoded[split][m.group(2)].append((m.group(3), image))
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+        raise DataError(f"cannot read archive {archive}: {' '.join(str(err).split()) or type(err).__name__} (expected "
+                        f"a .tar.gz of {'|'.join(splits)}/<class>/<image> files)") from err
+    classes = sorted(set().union(*[decoded[s].keys() for s in splits]))
     if not classes:
         raise DataError(f"archive {archive} has no images laid out as {'|'.join(splits)}/<class>/<file>")
-    from tqdm.auto import tqdm
-
     out = {"classes": np.asarray(classes)}
     for s in splits:
-        images, labels = [], []
-        todo = [(label, f"{s}/{c}/{name}", data) for label, c in enumerate(classes)
-                for name, data in sorted(raw[s].get(c, []))]
-        for label, member, data in tqdm(todo, desc=f"decoding {archive.name} {s}", disable=not progress, leave=False):
-            try:
-                images.append(np.asarray(to_rgb(Image.open(io.BytesIO(data)), f"{archive}: {member}")))
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
-                reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))  # PIL names the buffer
-                raise DataError(f"{archive}: member {member} is not a readable image ({reason})") from err
-            labels.append(label)
-        if not images:
+        rows = [(label, image) for label, c in enumerate(classes)
+                for _, image in sorted(decoded[s].get(c, []), key=lambda item: item[0])]
+        if not rows:
             raise DataError(f"archive {archive} has no images under split '{s}/'")
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise DataError(f"archive {archive}: images of split '{s}' differ in size {sorted(shapes)[:3]}")
-        out[f"{s}_images"], out[f"{s}_labels"] = np.stack(images), np.asarray(labels, dtype=np.int64)
+        out[f"{s}_images"] = np.stack([image for _, image in rows])
+        out[f"{s}_labels"] = np.asarray([label for label, _ in rows], dtype=np.int64)
+        decoded[s].clear()
     return out
+
+
+def _decode_member(archive: Path, name: str, data, first) -> np.ndarray:
+    """One archive member as an (H, W, 3) uint8 array; one of another size than the split's ``first`` image is
+    refused from its header, before it is decoded."""
+    try:
+        img = upright(Image.open(io.BytesIO(data.read())))
+        if first is not None and (img.size[1], img.size[0]) != first[1][:2]:
+            raise DataError(f"archive {archive}: {name} is {img.size[0]}x{img.size[1]} but {first[0]} is "
+                            f"{first[1][1]}x{first[1][0]}; every image of a split must have one size")
+        return np.asarray(to_rgb(img, f"{archive}: {name}"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))  # PIL names the buffer
+        raise DataError(f"{archive}: member {name} is not a readable image ({reason})") from err
 
 
 CIFAR10_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]

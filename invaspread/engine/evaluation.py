@@ -20,8 +20,33 @@ from .features import source_features
 PROTOCOLS = ("knn", "linear", "retrieval")
 
 
-def default_protocol(bundle) -> str:
-    return "retrieval" if bundle.setting == "unseen" else "knn"
+def _labelled(source) -> bool:
+    return source is not None and source.labels is not None
+
+
+def resolve_protocol(protocol: str, bundle, data_name: str = "") -> Optional[str]:
+    """The protocol that ``eval.protocol`` (auto | knn | linear | retrieval | none) means for ``bundle``, checked
+    before any training: ``auto`` is kNN when the training images are labelled (seen categories), otherwise
+    Recall@K + NMI among the labelled test images, and None (nothing to evaluate) when there are none.
+    A protocol the data cannot support is a one-line error naming the key and what to set instead."""
+    if protocol == "none":
+        return None
+    has_queries, has_bank = _labelled(bundle.query), _labelled(bundle.bank)
+    if protocol == "auto":
+        if not has_queries:
+            return None
+        return "knn" if bundle.setting == "seen" and has_bank else "retrieval"
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"eval.protocol={protocol!r}: expected one of auto, {', '.join(PROTOCOLS)}, none")
+    if not has_queries:
+        raise ConfigError(f"eval.protocol={protocol}: data.name={data_name} has no labelled test images"
+                          + (" (set data.test_root to a folder of <class>/ sub-folders)" if data_name == "image_folder"
+                             else "") + "; set eval.protocol=none to train without evaluation")
+    if protocol in ("knn", "linear") and not has_bank:
+        raise ConfigError(f"eval.protocol={protocol} needs labelled training images (<class>/ sub-folders), and "
+                          f"data.name={data_name} has none; use eval.protocol=retrieval (Recall@K and NMI among the "
+                          f"labelled test images) or auto")
+    return protocol
 
 
 def _features(model, source, cfg, bundle, device, progress):
@@ -38,11 +63,10 @@ def _features(model, source, cfg, bundle, device, progress):
 
 def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bool = True,
              progress: bool = False) -> Dict[str, float]:
-    """Run ``protocol`` (default: the bundle's setting) and return e.g. {"knn_top1": 83.1, ...}."""
-    protocol = protocol or default_protocol(bundle)
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol {protocol!r} is unknown; choose one of {', '.join(PROTOCOLS)}")
-    if bundle.query is None or bundle.query.labels is None:
+    """Run ``protocol`` (default: ``eval.protocol``) and return e.g. {"knn_top1": 83.1, ...}; {} when there is
+    nothing to evaluate (``none``, or ``auto`` without labelled test images)."""
+    protocol = resolve_protocol(protocol or cfg.eval.protocol, bundle, cfg.data.name)
+    if protocol is None:
         return {}
     start = time.perf_counter()
     query = _features(model, bundle.query, cfg, bundle, device, progress)
@@ -53,9 +77,6 @@ def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bo
         if nmi:
             out["nmi"] = nmi_score(query, query_labels, seed=cfg.train.seed)
     else:
-        if bundle.bank is None or bundle.bank.labels is None:
-            raise ConfigError(f"protocol {protocol!r} needs labelled training images; data.name={cfg.data.name} "
-                              f"has none (use --protocol retrieval)")
         bank = _features(model, bundle.bank, cfg, bundle, device, progress)
         bank_labels = torch.as_tensor(bundle.bank.labels, device=bank.device)
         num_classes = int(max(bank_labels.max().item(), query_labels.max().item())) + 1

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -26,15 +26,13 @@ from typing import Optional
 
 from ..atomic import atomic_file
 from ..config import ConfigError, InvaspreadError
+from ..locks import Lock, LockBusy
+from ..outputs import check_out
 
 MARKER = ".invaspread-run"
 LOCK = ".invaspread.lock"
+KEPT_NAME = re.compile(r"^epoch-\d{4,}\.pt$")
 OUR_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "metrics.interrupted.jsonl", "overrides.jsonl", MARKER, LOCK)
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; the other checks still hold
-    fcntl = None
 
 
 class RunFolder:
@@ -53,6 +51,7 @@ class RunFolder:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"--out {path} is a file; a run needs a folder (choose another --out)")
+        check_out(path, "--out")   # a name the file system can hold, in a place that can be created
         if (path / LOCK).exists():
             probe = cls(path, None)
             probe.lock()       # raises, naming the holder, while another process trains here
@@ -69,6 +68,7 @@ class RunFolder:
                               f"choose a new or empty folder, or add --use-existing-folder to write the run beside "
                               f"these files")
         clash = [name for name in OUR_FILES if name != LOCK and (path / name).exists()]
+        clash += sorted(p.name for p in path.glob("epoch-*.pt") if KEPT_NAME.match(p.name))   # names train.keep writes
         if clash:
             raise ConfigError(f"--out {path} holds {', '.join(clash)} that no invaspread run wrote; it is never "
                               f"overwritten: choose another --out")
@@ -128,26 +128,15 @@ class RunFolder:
 
     # -- the lock --------------------------------------------------------------------------------------------
     def lock(self) -> None:
-        if fcntl is None:
-            return
-        handle = open(self.path / LOCK, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise InvaspreadError(f"{self.path} is in use by {holder}: one run folder takes one training at a "
-                                  f"time (wait for it, or choose another --out)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        self._lock_file = handle
+            self._lock_file = Lock(self.path / LOCK, str(self.path)).acquire()
+        except LockBusy as err:
+            raise InvaspreadError(f"{err}: one run folder takes one training at a time (wait for it, or choose "
+                                  f"another --out)") from None
 
     def release(self) -> None:
         if self._lock_file is not None:
-            self._lock_file.close()  # closing the descriptor releases the flock
+            self._lock_file.release()
             self._lock_file = None
 
     # -- metrics ---------------------------------------------------------------------------------------------
@@ -179,23 +168,43 @@ class RunFolder:
         """After ``last.pt`` of ``epoch`` is written: keep it as ``epoch-NNNN.pt`` when it is among the last
         ``keep`` epochs or in ``save_epochs`` (``train.keep``, ``train.save_epochs``), and drop the kept ones
         that are neither any more. A hard link where the file system has them (no extra space: the next
-        ``last.pt`` is a new file), else a copy."""
+        ``last.pt`` is a new file), else a copy. Only files this run wrote (listed in its marker) are ever
+        replaced or removed: a file of the same name that the run did not write stays as it is."""
+        ours = set(self._marker().get("checkpoints", []))
         if keep > 0 or epoch in save_epochs:
             target = self.path / f"epoch-{epoch:04d}.pt"
-            target.unlink(missing_ok=True)
-            try:
-                os.link(self.path / "last.pt", target)
-            except OSError:
-                shutil.copy2(self.path / "last.pt", target)
-        for old in self.path.glob("epoch-*.pt"):
-            number = int(old.stem.split("-")[1]) if old.stem.split("-")[1].isdigit() else None
-            if number is not None and number not in save_epochs and number <= epoch - keep:
-                old.unlink()
+            if target.name in ours:
+                target.unlink(missing_ok=True)
+            if not target.exists():
+                try:
+                    os.link(self.path / "last.pt", target)
+                except OSError:
+                    shutil.copy2(self.path / "last.pt", target)
+                ours.add(target.name)
+        for name in sorted(ours):
+            number = int(name[len("epoch-"):-len(".pt")])
+            if number not in save_epochs and number <= epoch - keep:
+                (self.path / name).unlink(missing_ok=True)
+                ours.discard(name)
+        self._update_marker(checkpoints=sorted(ours))
 
-    def record_overrides(self, epoch: int, overrides) -> None:
-        """Append the settings changed on a resume to ``overrides.jsonl`` (config.yaml shows the result)."""
+    def _marker(self) -> dict:
+        try:
+            data = json.loads((self.path / MARKER).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _update_marker(self, **fields) -> None:
+        marker = self._marker()
+        if any(marker.get(k) != v for k, v in fields.items()):
+            _write_atomic(self.path / MARKER, json.dumps({**marker, **fields}))
+
+    def record_overrides(self, epoch: int, overrides, **changes) -> None:
+        """Append the settings changed on a resume to ``overrides.jsonl`` (config.yaml shows the result), and
+        ``changes`` that are not config keys (``processes``: another torchrun size)."""
         with (self.path / "overrides.jsonl").open("a") as fh:
-            fh.write(json.dumps({"resumed_after_epoch": epoch, "overrides": list(overrides),
+            fh.write(json.dumps({"resumed_after_epoch": epoch, "overrides": list(overrides), **changes,
                                  "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
 
     def append_metrics(self, line: dict) -> None:

@@ -18,14 +18,15 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import Config, ConfigError, InvaspreadError, from_dict, parse_override, save_config, set_key, validate
+from ..config import (Config, ConfigError, InvaspreadError, completed, from_dict, parse_override, save_config,
+                      set_key, validate)
 from ..data.datasets import build_data
 from ..methods import build_method
 from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
 from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_network, save_checkpoint
-from .evaluation import evaluate
+from .evaluation import evaluate, resolve_protocol
 from .features import source_features
 from .run_folder import RunFolder
 from .tensorboard import ScalarLog, summary_writer_class
@@ -88,7 +89,15 @@ def method_checkpoint_state(method) -> dict:
 
 
 def load_method_state(method, state: dict) -> None:
-    method.load_state_dict({**{f"encoder.{k}": v for k, v in state["model"].items()}, **state.get("method", {})})
+    saved = {**{f"encoder.{k}": v for k, v in state["model"].items()}, **state.get("method", {})}
+    ours = method.state_dict()
+    differ = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(ours[key].shape)} now" for key, value in saved.items()
+              if key in ours and hasattr(value, "shape") and tuple(value.shape) != tuple(ours[key].shape)]
+    if differ:   # a memory bank or classifier sized by the data set: the data changed under the run
+        raise ConfigError(f"the run's state does not fit this data ({'; '.join(differ[:2])}): a memory bank or "
+                          f"classifier has one row per training image (or cluster), so the run must resume on the data "
+                          f"it started with (check data.root and data.subset_per_class)")
+    method.load_state_dict(saved)
 
 
 def load_encoder_weights(model, path) -> None:
@@ -106,7 +115,7 @@ def _rng_state(device):
 # what may change when a run is resumed: its length, where its data lives, the lr (after a divergence), and
 # settings that do not change what is computed; anything else would make the run a different one
 RESUME_OVERRIDES = ("train.epochs", "optim.lr", "data.root", "data.test_root", "data.cache_dir", "data.num_workers",
-                    "train.device", "train.progress", "eval.batch_size", "train.tensorboard")
+                    "train.device", "train.progress", "eval.batch_size", "train.tensorboard", "eval.protocol")
 
 
 def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
@@ -118,8 +127,8 @@ def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
     on_disk = out_dir / "config.yaml"
     if on_disk.is_file():
         try:
-            edited = yaml.safe_load(on_disk.read_text())
-        except yaml.YAMLError:
+            edited = completed(yaml.safe_load(on_disk.read_text()), str(on_disk))   # keys added since: defaults
+        except (yaml.YAMLError, UnicodeDecodeError, InvaspreadError):
             edited = None
         if edited != saved.to_dict():
             changed = sorted(f"{section}.{key}" for section, values in (edited or {}).items() if isinstance(values, dict)
@@ -180,6 +189,7 @@ def _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log) ->
     # a bar redrawn with carriage returns only helps a terminal; redirected logs get the epoch lines alone
     show_progress = cfg.train.progress and sys.stderr.isatty()
     bundle = build_data(cfg.data, progress=show_progress)
+    resolve_protocol(cfg.eval.protocol, bundle, cfg.data.name)   # evaluation that cannot run fails before training
     model = build_model(cfg.model)
     if cfg.model.init_from and state is None:
         load_encoder_weights(model, cfg.model.init_from)
@@ -247,7 +257,8 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         _open_run_files(cfg, folder, state, start_epoch, log)
         scalars = ScalarLog(out_dir, start_epoch) if cfg.train.tensorboard else None
     log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
-        f"{device}" + (f", {type(batches).__name__}, {len(batches)} steps/epoch" if batches else ", no training")
+        f"{device}" + (f", {type(batches).__name__}, {len(batches)} step{'s' * (len(batches) != 1)}/epoch" if batches
+                        else ", no training")
         + (f", {world()[1]} processes" if world()[1] > 1 else ""))
 
     def write(line: dict):
@@ -269,7 +280,8 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         save_checkpoint({"version": CHECKPOINT_VERSION, "model": method.encoder.state_dict(),
                          "method": method_checkpoint_state(method), "optimizer": optimizer.state_dict(),
                          "schedule": {"lr": lr, "epochs_done": epoch}, "epoch": epoch, "config": cfg.to_dict(),
-                         "rng": _rng_state(device), "metrics": last, "run_id": folder.run_id}, out_dir / "last.pt")
+                         "rng": _rng_state(device), "metrics": last, "run_id": folder.run_id,
+                         "world_size": world()[1]}, out_dir / "last.pt")
         folder.keep_checkpoints(epoch, cfg.train.keep, cfg.train.save_epochs)
 
     def train_features(pooled: bool) -> torch.Tensor:
@@ -288,7 +300,8 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
         if result:
             write(last)
         else:
-            log("epoch 0: nothing to evaluate (no labelled test images; for an image folder set data.test_root)")
+            log("epoch 0: nothing to evaluate (eval.protocol=none, or no labelled test images: for an image folder "
+                "set data.test_root to a folder of <class>/ sub-folders)")
         if epochs == 0:  # an evaluate-only run (method random) still leaves a checkpoint for eval / embed
             checkpoint(0, cfg.optim.lr, last)
     from tqdm.auto import tqdm
@@ -366,3 +379,8 @@ def _open_run_files(cfg, folder, state, start_epoch, log) -> None:
         if state["overrides"]:
             folder.record_overrides(start_epoch, state["overrides"])
             log(f"resumed with {' '.join(state['overrides'])} (recorded in {out_dir / 'overrides.jsonl'})")
+        before, now = int(state.get("world_size", 1)), world()[1]
+        if before != now:   # the global batch is split differently (BatchNorm statistics, per-rank shares)
+            folder.record_overrides(start_epoch, [], processes={"before": before, "now": now})
+            log(f"resumed with {now} process{'es' * (now != 1)} (the run had {before}; recorded in "
+                f"{out_dir / 'overrides.jsonl'})")

@@ -44,9 +44,14 @@ def read_metrics(run) -> List[dict]:
     return lines
 
 
+ACCURACY_METRICS = ("knn_top1", "recall@1")
+CURVE_LABELS = {"knn_top1": "kNN top-1 (%)", "recall@1": "R@1 (%)", "loss": "training loss (no labelled test images)"}
+
+
 def curve_metric(lines: Sequence[dict]) -> str:
-    """The headline metric a run logged: kNN top-1 (seen categories) or R@1 (unseen)."""
-    for key in ("knn_top1", "recall@1"):
+    """The headline metric a run logged: kNN top-1 (seen categories) or R@1 (unseen); the training loss for a
+    run that had nothing to evaluate on (an unlabelled folder without data.test_root)."""
+    for key in ACCURACY_METRICS + ("loss",):
         if any(key in line for line in lines):
             return key
     return ""
@@ -74,7 +79,7 @@ def plot_learning_curves(curves: Dict[str, Dict[str, list]]):
         by_epoch.plot(curve["epoch"], curve["value"], marker=".", label=name)
         by_time.plot(curve["seconds"], curve["value"], marker=".", label=name)
     metrics = sorted({c["metric"] for c in curves.values() if c["metric"]})
-    label = " / ".join({"knn_top1": "kNN top-1 (%)", "recall@1": "R@1 (%)"}.get(m, m) for m in metrics)
+    label = " / ".join(CURVE_LABELS.get(m, m) for m in metrics)
     for ax, xlabel in ((by_epoch, "epoch"), (by_time, "seconds (training + evaluation)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)

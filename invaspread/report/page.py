@@ -8,7 +8,10 @@ final metrics with the paper's number where the run's config is a row of a paper
 from __future__ import annotations
 
 import html
+import json
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import InvaspreadError
+from ..outputs import check_out, new_folder, publish_folder
 from . import figures
 
 METRIC_NAMES = {"knn_top1": "kNN top-1", "knn_top5": "kNN top-5", "linear_top1": "Linear top-1", "nmi": "NMI"}
@@ -47,14 +51,17 @@ def paper_rows_for(cfg_dict: dict) -> List[tuple]:
 
 
 def final_metrics(lines: Sequence[dict]) -> dict:
-    """The last evaluated line of a run (its reported result: never the best epoch)."""
-    evaluated = [line for line in lines if figures.curve_metric([line])]
-    return evaluated[-1] if evaluated else {}
+    """The last evaluated line of a run (its reported result: never the best epoch); for a run that evaluated
+    nothing, its last line (the loss and timings of its last epoch)."""
+    evaluated = [line for line in lines if any(key in line for key in figures.ACCURACY_METRICS)]
+    return evaluated[-1] if evaluated else (dict(lines[-1]) if lines else {})
 
 
 def kept_checkpoints(run: Path) -> Dict[int, Path]:
     """epoch -> every epoch-NNNN.pt the run kept (train.save_epochs / train.keep), by file name."""
-    return dict(sorted((int(p.stem.split("-")[1]), p) for p in run.glob("epoch-[0-9]*.pt")))
+    from ..engine.run_folder import KEPT_NAME
+
+    return dict(sorted((int(p.stem.split("-")[1]), p) for p in run.glob("epoch-*.pt") if KEPT_NAME.match(p.name)))
 
 
 def write_report(runs: Sequence, out, data_dir: Optional[str] = None, images: int = 2000, queries: int = 8,
@@ -64,26 +71,67 @@ def write_report(runs: Sequence, out, data_dir: Optional[str] = None, images: in
     for flag, value in (("--images", images), ("--queries", queries), ("-k", k)):
         if value < 1:
             raise InvaspreadError(f"report {flag} {value}: expected a positive number")
-    out = Path(out)
+    out = check_out(out, "report --out")
     runs = [Path(r) for r in runs]
     for run in runs:
         if not (run / "metrics.jsonl").is_file():
             raise InvaspreadError(f"{run} is not a run folder (no metrics.jsonl)")
-    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous_report(out)
     names: Dict[Path, str] = {}
     for run in runs:
         name = _slug(run.name)
         names[run] = name if name not in names.values() else f"{name}-{len(names)}"
-    curves = {names[r]: figures.learning_curve(figures.read_metrics(r)) for r in runs}
-    _save(figures.plot_learning_curves(curves), out / "figure3.png")
-    sections = []
-    for run in runs:
-        log(f"report: {run}")
-        sections.append(_run_section(run, names[run], out, data_dir, images, queries, k, seed))
-    page = out / "index.html"
-    page.write_text(_page(runs, names, curves, sections))
-    log(f"wrote {page}")
-    return page
+    building = new_folder(out, "report --out")
+    try:
+        curves = {names[r]: figures.learning_curve(figures.read_metrics(r)) for r in runs}
+        _save(figures.plot_learning_curves(curves), building / "figure3.png")
+        sections = []
+        for run in runs:
+            log(f"report: {run}")
+            sections.append(_run_section(run, names[run], building, data_dir, images, queries, k, seed))
+        (building / "index.html").write_text(_page(runs, names, curves, sections))
+        written = sorted(p.name for p in building.iterdir())
+        (building / REPORT_MARKER).write_text(json.dumps({"files": written}))
+        _publish(building, out, previous)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    log(f"wrote {out / 'index.html'}")
+    return out / "index.html"
+
+
+REPORT_MARKER = ".invaspread-report"
+
+
+def _previous_report(out: Path) -> Optional[List[str]]:
+    """The files an earlier report wrote into ``out`` (they may be replaced); None when ``out`` is new or empty.
+    A non-empty folder that is not a report of ours is refused: its files are never replaced."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        files = json.loads((out / REPORT_MARKER).read_text())["files"]
+        if isinstance(files, list) and all(isinstance(f, str) and "/" not in f for f in files):
+            return files
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    shown = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+    raise InvaspreadError(f"report --out {out} is a folder that holds files no report wrote ({shown}...); they are "
+                          f"never replaced: choose a new or empty folder")
+
+
+def _publish(building: Path, out: Path, previous: Optional[List[str]]) -> None:
+    """The finished page appears in ``out``: by one rename when ``out`` is new, else file by file over an earlier
+    report's own files, whose leftovers (runs no longer in the report) are removed."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        publish_folder(building, out, "report --out")
+        return
+    new = {p.name for p in building.iterdir()}
+    for name in sorted(new - {REPORT_MARKER}) + [REPORT_MARKER]:   # the marker last: it lists what is ours
+        if (out / name).exists() and name not in (previous or []) and name != REPORT_MARKER:
+            raise InvaspreadError(f"report --out {out}: {name} appeared there and is not the report's; it is not "
+                                  f"replaced")
+        os.replace(building / name, out / name)
+    for name in set(previous or []) - new:
+        (out / name).unlink(missing_ok=True)
 
 
 def _save(fig, path: Path) -> None:
@@ -108,7 +156,7 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
     cfg, state, model, device = load_run(newest, overrides)
     bundle = build_data(cfg.data, progress=False)
     lines = figures.read_metrics(run)
-    parts = [f"<h2>{html.escape(name)}</h2>", _metrics_table(cfg, final_metrics(lines), run)]
+    parts = [f"<h2>{html.escape(name)}</h2>", _metrics_table(cfg, {"epoch": state["epoch"], **final_metrics(lines)}, run)]
     if bundle.query is None or bundle.query.labels is None:
         return "\n".join(parts + ["<p>No labelled test images: Figures 4 and 5 need them.</p>"])
     rng = np.random.default_rng(seed)
@@ -163,7 +211,9 @@ def table_membership(run: Path) -> List[tuple]:
     from .paper_tables import TABLES
 
     found = []
-    for records in run.parent.glob("table[0-9]*.json"):
+    for records in run.parent.glob("table*.json"):
+        if not re.fullmatch(r"table\d+\.json", records.name):   # tableN-old.json and the like are not a table's
+            continue
         number = int(records.stem[len("table"):])
         try:
             slugs = json.loads(records.read_text())

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..atomic import atomic_file
-from ..config import Config, ConfigError, InvaspreadError, load_config, parse_override, resolve_config_path
+from ..config import (Config, ConfigError, InvaspreadError, completed, load_config, parse_override,
+                      resolve_config_path)
+from ..locks import Lock, LockBusy
+from ..outputs import check_out
 from .paper_tables import TABLES, PaperTable, Row
 
 # keys that may differ between a row's folder and the row as asked now: where data lives, how long it trains
@@ -70,7 +73,9 @@ def row_command(row: Row, data_dir, out: Path, epochs, sets) -> str:
 
 
 def differing_keys(a: dict, b: dict, ignore=VOLATILE) -> List[str]:
-    """Dotted keys (two levels, or three for method sub-sections) whose values differ between two config dicts."""
+    """Dotted keys (two levels, or three for method sub-sections) whose values differ between two config dicts
+    (each completed with the keys added since it was saved)."""
+    a, b = _completed_or_same(a), _completed_or_same(b)
     out = []
     for section in sorted(set(a) | set(b)):
         sa, sb = a.get(section, {}), b.get(section, {})
@@ -82,6 +87,13 @@ def differing_keys(a: dict, b: dict, ignore=VOLATILE) -> List[str]:
             elif va != vb and f"{section}.{key}" not in ignore:
                 out.append(f"{section}.{key}")
     return out
+
+
+def _completed_or_same(data: dict) -> dict:
+    try:
+        return completed(data)
+    except InvaspreadError:   # a config of unknown keys: compared as it is, so its differences are named
+        return data
 
 
 def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] = None, sets: Sequence[str] = (),
@@ -97,7 +109,26 @@ def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] =
     if not data_dir:
         raise ConfigError(f"table {number} trains on {table.data}: give --data-dir PATH")
     configs = {row.slug: row_config(row, data_dir, epochs, sets) for row in table.rows if row.trainable}  # all checked first
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out(out, "table --out")
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as err:
+        raise InvaspreadError(f"table --out {out}: cannot create it ({err.strerror or err})") from err
+    try:   # one table command per folder: a second one would report the first one's rows as failed
+        lock = Lock(out / TABLE_LOCK, f"table folder {out}").acquire()
+    except LockBusy as err:
+        raise InvaspreadError(f"{err}: one table command per folder at a time") from None
+    try:
+        return _run_rows(table, out, configs, epochs, sets, data_dir, log)
+    finally:
+        lock.release()
+
+
+TABLE_LOCK = ".invaspread-table.lock"
+
+
+def _run_rows(table: PaperTable, out: Path, configs: dict, epochs, sets, data_dir, log) -> int:
+    number = table.number
     records_path = out / f"table{number}.json"
     try:
         records = json.loads(records_path.read_text()) if records_path.is_file() else {}

@@ -15,6 +15,7 @@ exact inner product (= cosine) over the memory map in chunks with torch, or FAIS
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -26,9 +27,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import InvaspreadError
-from ..data.sources import IMAGE_SUFFIXES, DataError, FileImages
+from ..engine.checkpoint import load_run
+from ..locks import held
+from ..outputs import check_new_path, check_out, new_folder, publish_folder
+from ..data.sources import DataError, FileImages, scan_image_folder
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2   # 2: meta.json holds each file's size and SHA-256, verified by search
+INDEX_FILES = ("embeddings.f32", "paths.jsonl", "model.pt", "faiss.index")
 SEARCH_CHUNK_ROWS = 1 << 18   # torch search: 262,144 rows (128 MiB of float32 at d = 128) per matrix product
 
 
@@ -45,15 +50,9 @@ def faiss_module(required: bool):
 
 
 def collection_files(folder) -> List[str]:
-    """Every image file under ``folder`` (recursively, sorted; hidden folders skipped)."""
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise InvaspreadError(f"--images {root}: no such folder")
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if not files:
-        raise InvaspreadError(f"--images {root}: no image files ({', '.join(IMAGE_SUFFIXES)}) under it")
-    return files
+    """Every image file under ``folder``: the same files, in the same order, as ``train``, ``eval`` and ``embed``
+    read (``scan_image_folder``); unreadable ones are skipped later, one by one, instead of refused up front."""
+    return scan_image_folder(folder, check=False, log=None).paths
 
 
 class _Readable(Dataset):
@@ -84,27 +83,51 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
                 log: Callable[[str], None] = print) -> dict:
     """Embed every image under ``images`` with the run's network (its evaluation transform) into the index
     folder ``out``; returns its meta. ``backend``: also build a FAISS index ("auto": when faiss is installed);
-    ``ivf``: number of inverted lists (0: exact ``IndexFlatIP``)."""
+    ``ivf``: number of inverted lists (0: exact ``IndexFlatIP``).
+
+    ``out`` is built under a unique hidden name beside it while a lock (``.NAME.lock``) keeps a second ``index``
+    into the same ``out`` away, and appears whole, by one rename, only when complete: an interrupted or failed
+    build leaves nothing, and an existing ``out`` is never touched."""
+    out = Path(out)
+    for flag, value, least in (("--batch-size", batch_size, 1), ("--workers", num_workers, 0), ("--ivf", ivf, 0)):
+        if value < least:
+            raise InvaspreadError(f"{flag} {value}: expected {'a positive number' if least else '0 or more'}")
+    out = check_out(out, "--out")
+    check_new_path(out, "--out")
+    faiss = faiss_module(required=backend == "faiss") if backend != "torch" else None
+    paths = collection_files(images)
+    if ivf and faiss is not None and ivf > len(paths):
+        raise InvaspreadError(f"--ivf {ivf}: more inverted lists than the {len(paths)} images under {images}; use "
+                              f"at most {len(paths)} (or about sqrt(N)), or 0 for exact search")
+    cfg, state, model, dev = load_run(run, [f"train.device={device}"] if device else [])
+    with held(out.parent / f".{out.name}.lock", f"index {out}", remove=True):
+        check_new_path(out, "--out")   # again, now that no other index command can be creating it
+        building = new_folder(out, "--out")
+        try:
+            meta = _build(building, run, cfg, state, model, dev, paths, images, batch_size, num_workers, faiss, ivf,
+                          progress)
+            publish_folder(building, out)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+    for item in meta["skipped"]:
+        log(f"skipped (unreadable): {printable(item['path'])}: {item['error']}")
+    log(f"{meta['count']} images -> {out} ({meta['dim']}-d, {meta['count'] / meta['seconds']:.0f} images/s"
+        + (f", {len(meta['skipped'])} unreadable files skipped" if meta["skipped"] else "")
+        + (f", FAISS {meta['faiss']['kind']}" if meta["faiss"] else ", exact torch search") + ")")
+    return meta
+
+
+def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_size, num_workers, faiss, ivf,
+           progress) -> dict:
+    """Write every file of an index into the (empty) folder ``building``; returns its meta."""
     from tqdm.auto import tqdm
 
     from ..data.transforms import run_eval_transform
-    from ..engine.checkpoint import CHECKPOINT_VERSION, load_run, save_checkpoint
+    from ..engine.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 
-    out = Path(out)
-    if out.exists():
-        raise InvaspreadError(f"--out {out} exists; an index is written into a new folder (remove it or choose "
-                              f"another name)")
-    if batch_size < 1:
-        raise InvaspreadError(f"--batch-size {batch_size}: expected a positive number")
-    faiss = faiss_module(required=backend == "faiss") if backend != "torch" else None
-    paths = collection_files(images)
-    cfg, state, model, dev = load_run(run, [f"train.device={device}"] if device else [])
-    transform = run_eval_transform(cfg)
-    loader = DataLoader(_Readable(paths, transform), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(_Readable(paths, run_eval_transform(cfg)), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate)
-    building = out.with_name(f".{out.name}.building")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
     kept, skipped, dim, started = [], [], None, time.perf_counter()
     with open(building / "embeddings.f32", "wb") as vectors, torch.no_grad():
         for indices, batch, failed in tqdm(loader, desc="index", unit="batch", disable=not progress):
@@ -112,14 +135,14 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
             if batch is None:
                 continue
             z = torch.nn.functional.normalize(model(batch.to(dev)).float(), dim=1).cpu().numpy()
+            refuse_non_finite(z, [paths[i] for i in indices], f"the network of {run} (epoch {state['epoch']})")
             dim = z.shape[1]
             vectors.write(np.ascontiguousarray(z, dtype=np.float32).tobytes())
             kept += [paths[i] for i in indices]
     seconds = time.perf_counter() - started
     if not kept:
-        shutil.rmtree(building)
         raise InvaspreadError(f"--images {images}: none of the {len(paths)} files could be read "
-                              f"(first: {skipped[0]['path']}: {skipped[0]['error']})")
+                              f"(first: {printable(skipped[0]['path'])}: {skipped[0]['error']})")
     (building / "paths.jsonl").write_text("".join(json.dumps(p) + "\n" for p in kept))
     save_checkpoint({"version": CHECKPOINT_VERSION, "model": state["model"], "config": state["config"],
                      "epoch": state["epoch"]}, building / "model.pt")
@@ -128,14 +151,32 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     if faiss is not None:
         meta["faiss"] = _build_faiss(faiss, _embeddings(building, len(kept), dim), building / "faiss.index", ivf)
+    meta["files"] = {name: file_checksum(building / name) for name in INDEX_FILES if (building / name).is_file()}
     (building / "meta.json").write_text(json.dumps(meta, indent=1))
-    building.rename(out)
-    for item in skipped:
-        log(f"skipped (unreadable): {item['path']}: {item['error']}")
-    log(f"{len(kept)} images -> {out} ({dim}-d, {len(kept) / seconds:.0f} images/s"
-        + (f", {len(skipped)} unreadable files skipped" if skipped else "")
-        + (f", FAISS {meta['faiss']['kind']}" if meta["faiss"] else ", exact torch search") + ")")
     return meta
+
+
+def refuse_non_finite(z: np.ndarray, names: Sequence[str], network: str) -> None:
+    """A NaN or infinite embedding (a diverged network) is an error naming the first image, never a result."""
+    bad = ~np.isfinite(z).all(axis=1)
+    if bad.any():
+        first = names[int(np.flatnonzero(bad)[0])]
+        raise InvaspreadError(f"{network} gives NaN or infinite embeddings ({int(bad.sum())} of {len(z)} images in a "
+                              f"batch, e.g. {printable(first)}): a diverged model; use an earlier checkpoint "
+                              f"(train.keep / train.save_epochs) or train again with a lower lr")
+
+
+def printable(path: str) -> str:
+    """A file name as text that any terminal takes: bytes that are not UTF-8 shown as \\xNN (like ``ls -b``)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def file_checksum(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _embeddings(folder: Path, count: int, dim: int) -> np.ndarray:
@@ -165,21 +206,20 @@ class SearchIndex:
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        meta_path = self.folder / "meta.json"
-        if not meta_path.is_file():
-            raise InvaspreadError(f"{self.folder} is not an invaspread index (no meta.json); build one with "
-                                  f"invaspread index RUN --images DIR --out {self.folder}")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("version") != INDEX_VERSION:
-            raise InvaspreadError(f"{self.folder}: index version {self.meta.get('version')}, this invaspread reads "
-                                  f"{INDEX_VERSION}: build it again")
-        self.paths = [json.loads(line) for line in (self.folder / "paths.jsonl").read_text().splitlines()]
+        self.meta = read_meta(self.folder)
+        verify_files(self.folder, self.meta)
+        self.paths = read_paths(self.folder, self.meta["count"])
         self.embeddings = _embeddings(self.folder, self.meta["count"], self.meta["dim"])
+        for start in range(0, self.meta["count"], SEARCH_CHUNK_ROWS):
+            rows = np.asarray(self.embeddings[start:start + SEARCH_CHUNK_ROWS])
+            if not np.isfinite(rows).all():
+                raise InvaspreadError(f"{self.folder}/embeddings.f32 holds NaN or infinite rows (first: row "
+                                      f"{start + int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])}); build "
+                                      f"the index again from a finite checkpoint")
 
     def embed(self, files: Sequence[str], device: Optional[str] = None) -> np.ndarray:
         """(Q, d) L2-normalised embeddings of query images, with the network and transform of the index."""
         from ..data.transforms import run_eval_transform
-        from ..engine.checkpoint import load_run
 
         cfg, _, model, dev = load_run(self.folder / "model.pt", [f"train.device={device}"] if device else [])
         transform = run_eval_transform(cfg)
@@ -190,7 +230,9 @@ class SearchIndex:
         with torch.no_grad():
             for start in range(0, len(source), 256):
                 x = torch.stack([transform(source.image(i)) for i in range(start, min(start + 256, len(source)))])
-                out.append(torch.nn.functional.normalize(model(x.to(dev)).float(), dim=1).cpu().numpy())
+                z = torch.nn.functional.normalize(model(x.to(dev)).float(), dim=1).cpu().numpy()
+                refuse_non_finite(z, list(files)[start:start + 256], f"the network of {self.folder}")
+                out.append(z)
         return np.concatenate(out)
 
     def search(self, queries: np.ndarray, k: int, backend: str = "auto",
@@ -198,6 +240,8 @@ class SearchIndex:
         """(scores (Q, k), rows (Q, k)) of the ``k`` highest inner products, best first."""
         if k < 1:
             raise InvaspreadError(f"-k {k}: expected a positive number")
+        if nprobe < 1:
+            raise InvaspreadError(f"--nprobe {nprobe}: expected a positive number of inverted lists to visit")
         k = min(k, self.meta["count"])
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         has_faiss = (self.folder / "faiss.index").is_file()
@@ -206,12 +250,78 @@ class SearchIndex:
                                   f"installed): use --backend torch, or index again with faiss installed")
         faiss = faiss_module(required=backend == "faiss") if has_faiss and backend != "torch" else None
         if faiss is not None:
-            index = faiss.read_index(str(self.folder / "faiss.index"))
-            if self.meta["faiss"].get("ivf"):
+            try:
+                index = faiss.read_index(str(self.folder / "faiss.index"))
+            except RuntimeError as err:
+                raise InvaspreadError(f"{self.folder}/faiss.index is not a readable FAISS index "
+                                      f"({' '.join(str(err).split())[:160]}); use --backend torch or index again") from err
+            if index.ntotal != self.meta["count"] or index.d != self.meta["dim"]:
+                raise InvaspreadError(f"{self.folder}/faiss.index holds {index.ntotal} x {index.d} vectors but the "
+                                      f"index has {self.meta['count']} x {self.meta['dim']}: build it again")
+            if (self.meta.get("faiss") or {}).get("ivf"):
                 index.nprobe = nprobe
             scores, rows = index.search(queries, k)
             return scores, rows
         return exact_search(self.embeddings, queries, k)
+
+
+def read_meta(folder: Path) -> dict:
+    """``meta.json`` of an index folder, checked: one line for each way it can be missing or wrong."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise InvaspreadError(f"{folder} is not an invaspread index (no meta.json); build one with "
+                              f"invaspread index RUN --images DIR --out {folder}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvaspreadError(f"{meta_path} is not valid JSON ({err}); build the index again") from err
+    if not isinstance(meta, dict):
+        raise InvaspreadError(f"{meta_path} holds a {type(meta).__name__}, not an index description; build the index "
+                              f"again")
+    if meta.get("version") != INDEX_VERSION:
+        raise InvaspreadError(f"{folder}: index version {meta.get('version')}, this invaspread reads "
+                              f"{INDEX_VERSION}: build it again")
+    for key in ("count", "dim"):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvaspreadError(f"{meta_path}: {key}={value!r}, expected a positive whole number; build the index "
+                                  f"again")
+    if not isinstance(meta.get("files"), dict):
+        raise InvaspreadError(f"{meta_path} lists no file checksums; build the index again")
+    return meta
+
+
+def verify_files(folder: Path, meta: dict) -> None:
+    """Every file the index was built with is there, with its size and SHA-256; the embeddings hold count x dim."""
+    for name in ("embeddings.f32", "paths.jsonl", "model.pt"):
+        if name not in meta["files"]:
+            raise InvaspreadError(f"{folder}/meta.json lists no checksum for {name}; build the index again")
+    for name, want in meta["files"].items():
+        path = folder / name
+        if name not in INDEX_FILES or not isinstance(want, dict):
+            raise InvaspreadError(f"{folder}/meta.json: unexpected entry {name!r} in files; build the index again")
+        if not path.is_file():
+            raise InvaspreadError(f"{path} is missing; build the index again")
+        if file_checksum(path) != want:
+            raise InvaspreadError(f"{path} was changed or damaged since the index was built (its size or SHA-256 "
+                                  f"differs from meta.json); build the index again")
+    expected = meta["count"] * meta["dim"] * 4
+    if meta["files"]["embeddings.f32"].get("bytes") != expected:
+        raise InvaspreadError(f"{folder}/embeddings.f32 holds {meta['files']['embeddings.f32'].get('bytes')} bytes, "
+                              f"not count x dim x 4 = {expected} (meta.json edited?); build the index again")
+    if (meta.get("faiss") is not None) != ("faiss.index" in meta["files"]):
+        raise InvaspreadError(f"{folder}/meta.json and its files disagree on the FAISS index; build the index again")
+
+
+def read_paths(folder: Path, count: int) -> List[str]:
+    try:
+        paths = [json.loads(line) for line in (folder / "paths.jsonl").read_text().splitlines()]
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvaspreadError(f"{folder}/paths.jsonl is not one JSON string per line ({err})") from err
+    if len(paths) != count or not all(isinstance(p, str) for p in paths):
+        raise InvaspreadError(f"{folder}/paths.jsonl holds {len(paths)} entries for {count} embeddings; build the "
+                              f"index again")
+    return paths
 
 
 def exact_search(embeddings: np.ndarray, queries: np.ndarray, k: int,
