@@ -123,7 +123,7 @@ def cmd_embed(args) -> int:
     cfg, state, model, device = load_run(args.run, _overrides(args))
     source = scan_image_folder(args.images)
     feats = extract_features(model, source, run_eval_transform(cfg), args.batch_size, device, cfg.data.num_workers,
-                             progress=True).cpu().numpy()
+                             progress=sys.stderr.isatty()).cpu().numpy()
     refuse_non_finite(feats, source.paths, f"the network of {args.run} (epoch {state['epoch']})")
     extra = {} if source.labels is None else {"labels": source.labels, "classes": np.asarray(source.classes)}
     with new_file(out, "embed --out") as fh:

@@ -77,3 +77,34 @@ def cifar_cache(tmp_path_factory):
     """One decoded-array cache for every test that reads the CIFAR-10 archive (each subset setting is
     decoded once per session)."""
     return tmp_path_factory.getbasetemp() / "cifar-cache"
+
+
+def noise_image(seed: int, size=(32, 32)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def write_mixed_folder(root: Path) -> Path:
+    """What a user's photo folder looks like: 6 loose images, a vacation/ folder with a day2/ sub-folder, misc/,
+    and hidden entries (skipped by every command): 15 images in all."""
+    for sub, n in (("", 6), ("vacation", 3), ("vacation/day2", 2), ("misc", 4)):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            noise_image(len(sub) * 100 + i).save(root / sub / f"img{i:02d}.png")
+    (root / ".thumbnails").mkdir()
+    noise_image(0).save(root / ".thumbnails" / "t.png")
+    noise_image(1).save(root / ".hidden.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished run (the untrained width-8 network on the bundled digits): something to embed and index with."""
+    from invaspread.config import load_config
+    from invaspread.engine.trainer import fit
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    cfg = load_config(None, ["model.width=8", "train.epochs=0", "data.num_workers=0", "train.progress=false",
+                             "method.name=random"])
+    fit(cfg, root / "run", log=lambda _: None)
+    return root / "run"

@@ -186,7 +186,7 @@ def scan_image_folder(root, labelled: Optional[bool] = None, check: bool = True,
     paths = [str(root / rel) for rel in found]
     if labelled is False or why:
         if why and labelled is None and (loose and len(loose) < len(found) or nested) and log is not None:
-            log(f"{root}: {why}: labels not used ({len(found)} unlabelled images)")
+            log(f"{root}: {why}: labels not used ({_count(len(found), 'unlabelled image')})")
         source = FileImages(paths)
     else:
         classes = sorted({rel.parts[0] for rel in found})
