@@ -78,7 +78,7 @@ class LossConfig:
     variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
     stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
     positive: str = "augmentation"  # "augmentation" | "augmentation_or_neighbour" (the paper's CUB-200 option, Sec. 4.2)
-    negatives: str = "all"  # "all" | "hard" | "easy" | "released": Table 8's sampling (README "Seen testing categories")
+    negatives: str = "all"  # "all" | "hard" | "easy" | "released": Table 8's sampling (README "Seen testing categories (Section 4.1)")
     negative_fraction: float = 0.5  # share of negatives kept by "hard" / "easy" / "released"
 
 

@@ -160,7 +160,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")
     assert main(["train", "--out", str(tmp_path / "afile")]) == 2
-    assert "is a file; a run needs a folder" in capsys.readouterr().err
+    assert "is a file; this command writes a folder there" in capsys.readouterr().err
     assert main(["train", "--device", "gpu", "--out", str(tmp_path / "r3")]) == 2
     assert "train.device='gpu': expected auto, cpu, cuda or cuda:N" in capsys.readouterr().err
     # a run that fails before training leaves no empty run folder behind

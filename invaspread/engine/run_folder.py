@@ -48,10 +48,7 @@ class RunFolder:
     @classmethod
     def check_new(cls, path, allow_existing: bool = False) -> None:
         """Refuse, before any work, an ``--out`` that a new run must not write into."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"--out {path} is a file; a run needs a folder (choose another --out)")
-        check_out(path, "--out")   # a name the file system can hold, in a place that can be created
+        path = check_out(path, "--out")   # a folder name the file system can hold, in a place that can be created
         if (path / LOCK).exists():
             probe = cls(path, None)
             probe.lock()       # raises, naming the holder, while another process trains here
