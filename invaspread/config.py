@@ -117,6 +117,7 @@ class EvalConfig:
     knn_temperature: float = 0.1  # vote weight exp(similarity / knn_temperature) (paper: 0.1)
     batch_size: int = 512  # images per forward pass when building feature banks
     recall_ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])  # K of Recall@K (unseen categories)
+    nmi_average: str = "arithmetic"  # NMI normalisation: arithmetic (scikit-learn >= 0.22) | geometric (the released code's scikit-learn: the paper's NMI columns)
     protocol: str = "auto"  # auto (kNN with labelled training images, else Recall@K + NMI on the test images) | knn | linear | retrieval | none
 
 
@@ -148,6 +149,7 @@ CHOICES = {
     "loss.negatives": ("all", "hard", "easy", "released"),
     "optim.schedule": ("step", "cosine", "constant"),
     "eval.protocol": ("auto", "knn", "linear", "retrieval", "none"),
+    "eval.nmi_average": ("arithmetic", "geometric"),
 }
 
 

@@ -14,6 +14,7 @@ class ExemplarConfig:
 
     temperature: float = 0.1  # softmax temperature over the n instance weights
     normalize_weights: bool = True  # L2-normalise the rows of W (cosine classifier); false: plain w_i . f logits
+    literal: bool = False  # Eq. 1 as printed: exp(w_i . f) over raw rows, no temperature (ignores the two keys above)
 
 
 @dataclass

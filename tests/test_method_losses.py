@@ -126,6 +126,24 @@ def test_exemplar_matches_eq1_loop_for_features_and_weights(normalize, b, n, d, 
                    lambda f_, w_: naive_exemplar(f_, index, w_, tau, normalize), [f, w], grad_of=[0, 1])
 
 
+def naive_exemplar_literal(f, index, w):
+    """Eq. 1 as printed: P(i | x_j) = exp(w_i^T f_j) / sum_k exp(w_k^T f_j), raw rows, no temperature."""
+    total = 0.0
+    for b in range(f.shape[0]):
+        scores = [torch.exp(torch.dot(w[k], f[b])) for k in range(w.shape[0])]
+        total = total - torch.log(scores[int(index[b])] / sum(scores))
+    return total / f.shape[0]
+
+
+@pytest.mark.parametrize("tau, normalize", [(0.1, True), (0.3, False)])   # both ignored by the literal reading
+def test_exemplar_literal_is_eq1_as_printed(tau, normalize):
+    f = unit_rows(4, 5, 3)
+    w = 0.7 * torch.randn(7, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    index = torch.tensor([6, 0, 2, 2])
+    assert_matches(lambda f_, w_: ExemplarLoss(tau, normalize, literal=True)(f_, index, w_),
+                   lambda f_, w_: naive_exemplar_literal(f_, index, w_), [f, w], grad_of=[0, 1])
+
+
 # ---------------------------------------------------------------- Triplet (random and batch-hard)
 
 def naive_triplet(z1, z2, margin, negatives):

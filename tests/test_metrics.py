@@ -118,6 +118,19 @@ def test_recall_excludes_the_query_itself():
     assert recall_at_k(x, np.arange(50), (1, 4))[1] == 0.0
 
 
+@pytest.mark.parametrize("average", ["arithmetic", "geometric"])
+def test_both_nmi_normalisations_match_sklearn_average_method(average):
+    """eval.nmi_average: geometric is what the released code's scikit-learn (before 0.22) computed."""
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        a, b = rng.integers(0, 9, 400), rng.integers(0, 5, 400)
+        want = normalized_mutual_info_score(a, b, average_method=average)
+        assert normalized_mutual_info(a, b, average) == pytest.approx(want, abs=1e-10)
+    a = rng.integers(0, 3, 300)
+    b = 2 * a + rng.integers(0, 2, 300)   # b refines a: I = H(a) < H(b), so the two normalisations differ
+    assert normalized_mutual_info(a, b, "geometric") > normalized_mutual_info(a, b, "arithmetic") + 0.02
+
+
 def test_nmi_formula_matches_sklearn():
     rng = np.random.default_rng(5)
     for _ in range(5):

@@ -118,9 +118,9 @@ def _(w):
 
 @case("index-search", "Ctrl-C during index: exit 130, nothing left, the message is about the index")
 def _(w):
-    run, images = _run(w), _images(w, 60)
+    run, images = _run(w), _images(w, 100)   # 30 s of slowed reading: the interrupt lands inside it under any load
     slow = ("import time, invaspread.search.index as ix; real = ix._Readable.__getitem__\n"
-            "def slow(self, i):\n    print('READ', flush=True); time.sleep(0.1); return real(self, i)\n"
+            "def slow(self, i):\n    print('READ', flush=True); time.sleep(0.3); return real(self, i)\n"
             "ix._Readable.__getitem__ = slow\n")
     code = slow + "import sys; from invaspread.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, "index", str(run), "--images", str(images), "--out",

@@ -75,7 +75,7 @@ def evaluate(model, bundle, cfg, device, protocol: Optional[str] = None, nmi: bo
         ks = tuple(cfg.eval.recall_ks)
         out = {f"recall@{k}": v for k, v in recall_at_k(query, query_labels, ks).items()}
         if nmi:
-            out["nmi"] = nmi_score(query, query_labels, seed=cfg.train.seed)
+            out["nmi"] = nmi_score(query, query_labels, seed=cfg.train.seed, average=cfg.eval.nmi_average)
     else:
         bank = _features(model, bundle.bank, cfg, bundle, device, progress)
         bank_labels = torch.as_tensor(bundle.bank.labels, device=bank.device)

@@ -32,6 +32,10 @@ from .run_folder import RunFolder
 from .tensorboard import ScalarLog, summary_writer_class
 
 
+class DivergedError(InvaspreadError):
+    """Training stopped because the loss or the weights became NaN or infinite (the last finite epoch is saved)."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -115,7 +119,7 @@ def _rng_state(device):
 # what may change when a run is resumed: its length, where its data lives, the lr (after a divergence), and
 # settings that do not change what is computed; anything else would make the run a different one
 RESUME_OVERRIDES = ("train.epochs", "optim.lr", "data.root", "data.test_root", "data.cache_dir", "data.num_workers",
-                    "train.device", "train.progress", "eval.batch_size", "train.tensorboard", "eval.protocol")
+                    "train.device", "train.progress", "eval.batch_size", "train.tensorboard", "eval.protocol", "eval.nmi_average")
 
 
 def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
@@ -352,7 +356,7 @@ def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start
                       f"lr, e.g. invaspread train --resume {out_dir} --set optim.lr={cfg.optim.lr / 10:g}"
                       if main and (out_dir / "last.pt").exists() else
                       "no checkpoint was written: train again with a lower optim.lr (or a higher temperature)")
-            raise InvaspreadError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; {advice}")
+            raise DivergedError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; {advice}")
         last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
                 "epoch_start_seconds": start_seconds,
                 "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}

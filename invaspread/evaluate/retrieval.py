@@ -29,8 +29,13 @@ def recall_at_k(features: torch.Tensor, labels, ks: Sequence[int] = (1, 2, 4, 8)
     return {int(k): 100.0 * (first_hit < k).float().mean().item() for k in ks}
 
 
-def normalized_mutual_info(labels_true, labels_pred) -> float:
-    """NMI with the arithmetic-mean normalisation: I(U; V) / ((H(U) + H(V)) / 2).
+NMI_AVERAGES = ("arithmetic", "geometric")
+
+
+def normalized_mutual_info(labels_true, labels_pred, average: str = "arithmetic") -> float:
+    """NMI: I(U; V) / ((H(U) + H(V)) / 2) (``arithmetic``, scikit-learn's default since 0.22) or
+    I(U; V) / sqrt(H(U) H(V)) (``geometric``, its default before: what the released code's
+    ``normalized_mutual_info_score`` call computed, so the paper's NMI columns).
 
     The contingency table is kept sparse (only occurring label pairs), so 11,316 x 11,316 classes
     cost memory proportional to the number of items, not to the table size.
@@ -45,17 +50,21 @@ def normalized_mutual_info(labels_true, labels_pred) -> float:
     mi = float((pij * np.log(pij / (pa[ai] * pb[bi]))).sum())
     ha = float(-(pa * np.log(pa)).sum())
     hb = float(-(pb * np.log(pb)).sum())
+    if average not in NMI_AVERAGES:
+        raise ValueError(f"NMI average {average!r}: expected one of {', '.join(NMI_AVERAGES)}")
     if ha == 0.0 and hb == 0.0:
         return 1.0
-    return max(mi, 0.0) / max((ha + hb) / 2, 1e-300)
+    normaliser = (ha + hb) / 2 if average == "arithmetic" else np.sqrt(ha * hb)
+    return max(mi, 0.0) / max(normaliser, 1e-300)
 
 
-def nmi(features: torch.Tensor, labels, seed: int = 0, max_iter: int = 300, n_init=None) -> float:
+def nmi(features: torch.Tensor, labels, seed: int = 0, max_iter: int = 300, n_init=None,
+        average: str = "arithmetic") -> float:
     """NMI (%) between k-means clusters of the L2-normalised features (k = number of classes) and labels.
 
     ``n_init`` k-means restarts (best inertia kept); by default 10 as in scikit-learn's classic
     setting, and 1 for large problems (N x k > 5e7, e.g. Stanford Online Products, as the
-    released code's ``fast_kmeans``).
+    released code's ``fast_kmeans``). ``average``: the NMI's normalisation (``normalized_mutual_info``).
     """
     x = F.normalize(torch.as_tensor(features).float(), dim=1)
     labels = np.asarray(torch.as_tensor(labels).cpu())
@@ -63,4 +72,4 @@ def nmi(features: torch.Tensor, labels, seed: int = 0, max_iter: int = 300, n_in
     if n_init is None:
         n_init = 10 if x.shape[0] * k <= 5e7 else 1
     clusters = kmeans(x, k, seed=seed, max_iter=max_iter, n_init=n_init).cpu().numpy()
-    return 100.0 * normalized_mutual_info(labels, clusters)
+    return 100.0 * normalized_mutual_info(labels, clusters, average)

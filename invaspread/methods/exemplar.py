@@ -19,16 +19,16 @@ class Exemplar(Method):
     views = 2
 
     def __init__(self, encoder: nn.Module, num_instances: int, embedding_dim: int, temperature: float = 0.1,
-                 normalize_weights: bool = True):
+                 normalize_weights: bool = True, literal: bool = False):
         super().__init__(encoder)
         # unit rows: with normalize_weights their scale is irrelevant, without it they start like the features
         self.weights = nn.Parameter(F.normalize(torch.randn(num_instances, embedding_dim), dim=1))
-        self.loss = ExemplarLoss(temperature, normalize_weights)
+        self.loss = ExemplarLoss(temperature, normalize_weights, literal)
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
         c = cfg.method.exemplar
-        return cls(encoder, num_instances, cfg.model.embedding_dim, c.temperature, c.normalize_weights)
+        return cls(encoder, num_instances, cfg.model.embedding_dim, c.temperature, c.normalize_weights, c.literal)
 
     def training_step(self, views, index):
         z = self.embed(views)                                  # (V, B, d)

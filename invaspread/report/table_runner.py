@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from ..atomic import atomic_file
 from ..config import (Config, ConfigError, InvaspreadError, completed, load_config, parse_override,
                       resolve_config_path)
+from ..engine.trainer import DivergedError
 from ..locks import Lock, LockBusy
 from ..outputs import check_out
 from .paper_tables import TABLES, PaperTable, Row
@@ -105,6 +106,8 @@ def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] =
         log(f"Table {number}: {table.caption} ({len(table.rows)} rows; --data-dir: {table.data})")
         for row in table.rows:
             log(f"  {row.name:<24s} {row_command(row, data_dir, out, epochs, sets)}")
+            if row.trainable and row.note:
+                log(f"  {'':<24s} # {row.note}")
         return 0
     if not data_dir:
         raise ConfigError(f"table {number} trains on {table.data}: give --data-dir PATH")
@@ -145,6 +148,9 @@ def _run_rows(table: PaperTable, out: Path, configs: dict, epochs, sets, data_di
             record.update(_train_row(row, configs[row.slug], out / row.slug, table, log))
             record["status"] = "done"
             record.pop("error", None)
+        except DivergedError as err:   # its numbers are those of the last finite epoch, never a plain result
+            record.update(status="diverged", error=str(err), **_last_saved(out / row.slug))
+            log(f"row {row.name!r} diverged: {err}")
         except InvaspreadError as err:
             record.update(status="failed", error=str(err))
             log(f"row {row.name!r} failed: {err}")
@@ -152,12 +158,46 @@ def _run_rows(table: PaperTable, out: Path, configs: dict, epochs, sets, data_di
         records[row.slug] = record
         with atomic_file(records_path, "w") as fh:
             json.dump(records, fh, indent=1)
+    _mark_below_random(table, records)
+    with atomic_file(records_path, "w") as fh:
+        json.dump(records, fh, indent=1)
     md, rows_csv = render(table, records, out, epochs, sets, data_dir)
     (out / f"table{number}.md").write_text(md)
     (out / f"table{number}.csv").write_text(rows_csv)
     log(md)
     log(f"wrote {out / f'table{number}.md'} and {out / f'table{number}.csv'}")
+    diverged = [slug for slug, r in records.items() if r.get("status") == "diverged"]
+    if diverged:
+        log(f"diverged (numbers kept, marked in the table): {', '.join(diverged)}")
     return sum(r.get("status") == "failed" for r in records.values())
+
+
+def _last_saved(folder: Path) -> dict:
+    """epochs and metrics of the last checkpoint a diverged row left ({} when it saved none)."""
+    from ..engine.checkpoint import load_checkpoint
+
+    if not (folder / "last.pt").is_file():
+        return {}
+    state = load_checkpoint(folder)
+    return {"epochs": int(state["epoch"]),
+            "metrics": {k: v for k, v in state.get("metrics", {}).items() if isinstance(v, (int, float))}}
+
+
+def _mark_below_random(table: PaperTable, records: Dict[str, dict]) -> None:
+    """A row whose headline metric ended below the table's untrained-network row learned nothing that the
+    random network did not already have: ``diverged``, with its numbers, never a plain result."""
+    metric = next(c.metric for c in table.columns if c.metric)
+    randoms = [r for r in table.rows if r.trainable and "method.name=random" in r.sets]
+    baseline = records.get(randoms[0].slug, {}) if randoms else {}
+    floor = baseline.get("metrics", {}).get(metric) if baseline.get("status") == "done" else None
+    if floor is None:
+        return
+    for row in table.rows:
+        record = records.get(row.slug, {})
+        value = record.get("metrics", {}).get(metric)
+        if row is not randoms[0] and record.get("status") == "done" and value is not None and value < floor:
+            record.update(status="diverged", error=f"{metric} {value:.1f} is below the untrained network's "
+                                                   f"{floor:.1f} ({randoms[0].name})")
 
 
 def _train_row(row: Row, cfg: Config, folder: Path, table: PaperTable, log) -> dict:
@@ -225,8 +265,8 @@ def render(table: PaperTable, records: Dict[str, dict], out: Path, epochs, sets,
         record = records.get(row.slug, {})
         ours = record.get("metrics", {})
         status = (record.get("status", "not run") if row.trainable else f"not implemented: {row.note}")
-        if record.get("status") == "failed":
-            status = f"failed: {record.get('error', '')}"
+        if record.get("status") in ("failed", "diverged"):
+            status = f"{record['status']}: {record.get('error', '')}"
         lines.append([row.name] + [_cell(v) for v in row.paper] + [_cell(ours.get(c.metric)) for c in metric_columns]
                      + [_cell(record.get("epochs")), _cell(record.get("wall_seconds")), record.get("device", "-"),
                         status])
