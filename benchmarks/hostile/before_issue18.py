@@ -246,18 +246,19 @@ def _(w):
     run = _trained(w)
     tiny = cli("eval", run, "--set", "eval.knn_temperature=0.001")
     value = [float(line.split()[1]) for line in tiny.stdout.splitlines() if "knn_top1" in line]
-    reference = _knn_reference(run, k=200, temperature=0.001)
+    reference = _knn_reference(run, temperature=0.001)
     return bool(value and abs(value[0] - reference) <= 0.2), f"{value} vs reference {reference:.2f}"
 
 
-def _knn_reference(run, k, temperature):
+def _knn_reference(run, temperature):
     """Weighted kNN top-1 (%) recomputed here in float64: each class scores log(sum exp(sim / temperature)) over its
-    votes among the k most similar bank rows (the same ranking as the plain sum, without its overflow)."""
+    votes among the eval.knn_k most similar bank rows (the same ranking as the plain sum, without its overflow)."""
     from invaspread.data.datasets import build_data
     from invaspread.engine.checkpoint import load_run
     from invaspread.engine.features import source_features
 
     cfg, _, model, device = load_run(run)
+    k = cfg.eval.knn_k
     bundle = build_data(cfg.data, progress=False)
     feats = [source_features(model, s, cfg.data, cfg.augment, bundle.mean, bundle.std, 256, device).double().numpy()
              for s in (bundle.bank, bundle.query)]
