@@ -48,7 +48,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    recipe: str = "released"  # "released": crop+jitter+gray+flip (CIFAR/STL); "finegrained": resize, crop, flip
+    recipe: str = "released"  # "released": crop+jitter+gray+flip (CIFAR/STL); "finegrained": resize, crop, flip; "resized_crop": RandomResizedCrop+flip, test Resize(resize)+centre crop (MOM's train.py)
     crop: bool = True  # RandomResizedCrop (Table 7 "w/o R": false)
     crop_scale_min: float = 0.2  # RandomResizedCrop scale=(crop_scale_min, 1)
     color_jitter: float = 0.4  # ColorJitter(b, c, s, h) strength; 0 disables ("w/o C")
@@ -88,6 +88,7 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # L2 weight decay of every trained parameter
     nesterov: bool = False  # Nesterov momentum
+    dampening: float = 0.0  # SGD dampening of the momentum buffer (gtolias/mom's train.py: 0.9)
     schedule: str = "step"  # "step" (multiply by decay_factors at decay_epochs) | "cosine" | "constant"
     decay_epochs: List[int] = field(default_factory=lambda: [120, 160])  # step schedule: epochs of each decay
     decay_factors: List[float] = field(default_factory=lambda: [0.1, 0.01])  # lr multiplier from each of them
@@ -139,7 +140,7 @@ class Config:
 CHOICES = {
     "data.name": ("digits", "cifar10", "cifar10_unseen", "image_folder", "stl10", "cub200", "cars196", "sop"),
     "data.stl10_split": ("train", "train+unlabeled"),
-    "augment.recipe": ("released", "finegrained"),
+    "augment.recipe": ("released", "finegrained", "resized_crop"),
     "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
     "method.name": METHOD_NAMES,
     "method.mom.features": ("pooled", "embedding"),
@@ -281,6 +282,10 @@ def validate(cfg: Config) -> Config:
     if len(cfg.optim.decay_epochs) != len(cfg.optim.decay_factors):
         raise ConfigError(f"optim.decay_epochs {cfg.optim.decay_epochs} and optim.decay_factors "
                           f"{cfg.optim.decay_factors} must have the same length")
+    if not 0 <= cfg.optim.dampening < 1:
+        raise ConfigError(f"optim.dampening={cfg.optim.dampening}: expected 0 <= dampening < 1")
+    if cfg.optim.nesterov and (cfg.optim.dampening != 0 or cfg.optim.momentum == 0):
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0 and optim.dampening=0 (torch.optim.SGD)")
     if not 0 <= cfg.augment.color_jitter <= 0.5:
         raise ConfigError(f"augment.color_jitter={cfg.augment.color_jitter}: expected 0..0.5 (hue range limit)")
     if not 0 <= cfg.augment.grayscale_p <= 1:

@@ -62,11 +62,8 @@ def test_faiss_exact_and_ivf_equal_brute_force():
 
 
 @pytest.fixture(scope="module")
-def run_and_images(tmp_path_factory):
+def run_and_images(tiny_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("search")
-    cfg = load_config(None, ["model.width=8", "train.epochs=0", "data.num_workers=0", "train.progress=false",
-                             "method.name=random"])
-    fit(cfg, root / "run", log=lambda _: None)
     images = root / "photos"
     (images / "nested").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -76,7 +73,7 @@ def run_and_images(tmp_path_factory):
             images / ("nested" if i % 2 else ".") / f"img{i:02d}.png")
     (images / "nested" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (images / "empty.png").write_bytes(b"")
-    return root / "run", images
+    return tiny_run, images
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])

@@ -200,16 +200,19 @@ def _(w):
     return proc.returncode == 0 and _snapshot(cache) == theirs, proc.stdout.strip()[-100:]
 
 
+def _archive_and_lock(w):
+    """A small archive, an empty cache folder, and the path of the lock its entry will use."""
+    from invaspread.data.sources import archive_entry
+
+    archive = write_imagefolder_archive(w / "c.tar.gz", {"train": [3] * 10, "test": [1] * 10})
+    (w / "cache").mkdir()
+    return archive, w / "cache", archive_entry(archive, ["train", "test"], str(w / "cache")).with_suffix(".lock")
+
+
 @case("cache-clear", "a FIFO planted at a cache entry's lock: one line, no hang")
 def _(w):
-    archive = write_imagefolder_archive(w / "c.tar.gz", {"train": [3] * 10, "test": [1] * 10})
-    cache = w / "cache"
-    cache.mkdir()
-    from invaspread.data.cache import file_digest   # the entry's name: archive stem + a key of its content
-    import hashlib
-
-    key = hashlib.sha1(f"{file_digest(archive)}|{sorted(['train', 'test'])}".encode()).hexdigest()[:16]
-    os.mkfifo(cache / f"c-{key}.lock")
+    archive, cache, lock = _archive_and_lock(w)
+    os.mkfifo(lock)
     proc = cli("train", "--config", "cifar10", "--data-dir", archive, "--out", w / "r", "--set",
                f"data.cache_dir={cache}", *TINY, timeout=120)
     return one_line_error(proc, "not a regular file"), proc.stderr.strip()[-100:]
@@ -217,15 +220,9 @@ def _(w):
 
 @case("cache-clear", "a cache entry being decoded by another process: the waiter says for whom it waits")
 def _(w):
-    archive = write_imagefolder_archive(w / "c.tar.gz", {"train": [3] * 10, "test": [1] * 10})
-    cache = w / "cache"
-    cache.mkdir()
-    from invaspread.data.cache import file_digest
-    import hashlib
-
-    key = hashlib.sha1(f"{file_digest(archive)}|{sorted(['train', 'test'])}".encode()).hexdigest()[:16]
+    archive, cache, lock = _archive_and_lock(w)
     holder = subprocess.Popen([sys.executable, "-c", "import time; from invaspread.locks import Lock; "
-                               f"Lock({str(cache / f'c-{key}.lock')!r}).acquire(); print('held', flush=True); "
+                               f"Lock({str(lock)!r}).acquire(); print('held', flush=True); "
                                "time.sleep(15)"], stdout=subprocess.PIPE, text=True)
     holder.stdout.readline()
     proc = cli("train", "--config", "cifar10", "--data-dir", archive, "--out", w / "r", "--epochs", "0", "--set",

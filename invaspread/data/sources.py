@@ -246,8 +246,7 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
     if not archive.is_file():
         raise DataError(f"archive {archive} does not exist")
     per_class = per_class or {}
-    key = hashlib.sha1(f"{file_digest(archive)}|{sorted(splits)}".encode()).hexdigest()[:16]
-    entry = cache_folder(cache_dir) / f"{archive.name.split('.')[0]}-{key}.npz"
+    entry = archive_entry(archive, splits, cache_dir)
     arrays = load_entry(entry)
     if arrays is None:
         with entry_lock(entry):
@@ -264,6 +263,13 @@ def read_imagefolder_archive(archive, splits: Sequence[str], per_class: Optional
             images, labels = images[keep], labels[keep]
         out[s] = ArrayImages(images, labels, classes)
     return out
+
+
+def archive_entry(archive: Path, splits: Sequence[str], cache_dir: Optional[str] = None) -> Path:
+    """The cache entry of an archive's ``splits``: ``NAME-<16 hex of a SHA-1 of its bytes and the splits>.npz``
+    (its lock: the same name ending in ``.lock``)."""
+    key = hashlib.sha1(f"{file_digest(archive)}|{sorted(splits)}".encode()).hexdigest()[:16]
+    return cache_folder(cache_dir) / f"{Path(archive).name.split('.')[0]}-{key}.npz"
 
 
 MAX_MEMBER_BYTES = 256 * 1024 ** 2  # no image file is this large; a bigger member is refused, never read

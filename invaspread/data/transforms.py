@@ -7,6 +7,10 @@ as in the ablation of Table 7.
 
 "finegrained" recipe (Section 4.2): resize to 256x256, random 227x227 crop, horizontal flip;
 evaluation takes the single centre crop.
+
+"resized_crop" recipe (gtolias/mom's ``py/train.py``, the MOM rows): RandomResizedCrop(size, scale=
+(crop_scale_min, 1)) of the original image and a horizontal flip; evaluation resizes the shorter side to
+``resize`` (aspect kept) and takes the centre crop.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def train_transform(aug, image_size: int, mean, std, resize=None):
         if resize:
             ops.append(T.Resize((resize, resize)))
         ops.append(T.RandomCrop(image_size) if aug.crop else T.CenterCrop(image_size))
+    elif aug.recipe == "resized_crop":
+        ops.append(T.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0)) if aug.crop
+                   else T.Compose([T.Resize(resize or image_size), T.CenterCrop(image_size)]))
     else:
         if aug.crop:
             ops.append(T.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0)))
@@ -51,12 +58,14 @@ def train_transform(aug, image_size: int, mean, std, resize=None):
 
 
 def eval_transform(aug, image_size: int, mean, std, resize=None):
-    """Deterministic: (resize + centre crop for the fine-grained recipe), ToTensor, Normalize."""
+    """Deterministic: (resize + centre crop for the fine-grained recipes), ToTensor, Normalize."""
     ops = []
     if aug.recipe == "finegrained":
         if resize:
             ops.append(T.Resize((resize, resize)))
         ops.append(T.CenterCrop(image_size))
+    elif aug.recipe == "resized_crop":
+        ops += [T.Resize(resize or image_size), T.CenterCrop(image_size)]   # the shorter side to resize
     else:
         ops.append(T.Resize((image_size, image_size)))
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])

@@ -82,7 +82,7 @@ def train_step(method, optimizer, views, index, bf16: bool, runner=None) -> torc
 
 
 def build_optimizer(parameters, optim_cfg) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=optim_cfg.lr, momentum=optim_cfg.momentum,
+    return torch.optim.SGD(parameters, lr=optim_cfg.lr, momentum=optim_cfg.momentum, dampening=optim_cfg.dampening,
                            weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov)
 
 

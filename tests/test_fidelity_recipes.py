@@ -1,0 +1,71 @@
+"""Issue 20: the compared rows trained by their authors' recipes, each setting against an independent reference:
+MOM's SGD with dampening and StepLR, its RandomResizedCrop / Resize + CenterCrop transforms, and its rows'
+configs as `table --dry-run` prints them."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from invaspread.cli import main
+from invaspread.config import ConfigError, load_config, resolve_config_path
+from invaspread.data.transforms import eval_transform, train_transform
+from invaspread.engine.trainer import build_optimizer, learning_rate
+
+
+def test_sgd_with_dampening_follows_the_documented_update():
+    """PyTorch's SGD as documented (what gtolias/mom's train.py ran): b_1 = g_1, then b_t = m b_{t-1} +
+    (1 - dampening) g_t; the step is lr (b_t), with weight decay added to g first."""
+    cfg = load_config(None, ["optim.lr=0.1", "optim.momentum=0.9", "optim.dampening=0.9", "optim.weight_decay=0.01"])
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    optimizer = build_optimizer([w], cfg.optim)
+    ref, buf = w.detach().clone(), None
+    for grad in ([0.5, 0.25], [-1.0, 2.0], [0.3, 0.3]):
+        g = torch.tensor(grad, dtype=torch.float64)
+        w.grad = g.clone()
+        optimizer.step()
+        g = g + 0.01 * ref
+        buf = g if buf is None else 0.9 * buf + (1 - 0.9) * g
+        ref = ref - 0.1 * buf
+        torch.testing.assert_close(w.detach(), ref)
+    with pytest.raises(ConfigError, match="optim.dampening"):
+        load_config(None, ["optim.dampening=1.0"])
+    with pytest.raises(ConfigError, match="nesterov"):
+        load_config(None, ["optim.nesterov=true", "optim.dampening=0.5"])
+
+
+@pytest.mark.parametrize("name", ["mom_cub200", "mom_cars196", "mom_sop"])
+def test_the_mom_configs_are_moms_recipe(name):
+    cfg = load_config(resolve_config_path(name))
+    assert cfg.method.name == "mom" and cfg.model.embedding_dim == 64 and cfg.train.batch_size == 42
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.dampening, cfg.optim.weight_decay) == (0.01, 0.9, 0.9, 5e-4)
+    assert cfg.train.epochs == 100 and cfg.augment.recipe == "resized_crop" and cfg.augment.crop_scale_min == 0.08
+    # the reference's StepLR(step_size=50, gamma=0.1), stepped before each epoch e = 0..99 (old PyTorch): lr of
+    # epoch e is 0.01 * 0.1 ** ((e + 1) // 50)
+    for e in range(100):
+        for within in (0.0, 0.5):
+            assert learning_rate(cfg.optim, 100, e + within) == pytest.approx(0.01 * 0.1 ** ((e + 1) // 50))
+
+
+def test_the_resized_crop_recipe_is_moms_transforms():
+    aug = load_config(resolve_config_path("mom_cub200")).augment
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    got = eval_transform(aug, 227, mean, std, 256)(image)
+    # reference: the shorter side (200) to 256 keeping the aspect (300 -> 384), then the central 227 x 227
+    resized = np.asarray(image.resize((384, 256), Image.BILINEAR)).astype(np.float32) / 255
+    top, left = int(round((256 - 227) / 2.0)), int(round((384 - 227) / 2.0))
+    want = torch.from_numpy(resized[top:top + 227, left:left + 227]).permute(2, 0, 1)
+    torch.testing.assert_close(got, want, atol=1 / 255 + 1e-6, rtol=0)
+    torch.manual_seed(0)
+    views = [train_transform(aug, 227, mean, std, 256)(image) for _ in range(4)]
+    assert all(v.shape == (3, 227, 227) for v in views) and not torch.equal(views[0], views[1])
+
+
+@pytest.mark.parametrize("table, config", [(3, "mom_cub200"), (4, "mom_sop"), (5, "mom_cars196"), (6, "mom_sop")])
+def test_table_dry_runs_show_the_mom_rows_recipe(table, config, capsys):
+    assert main(["table", str(table), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.strip().startswith("MOM"))
+    assert f"--config {config}" in lines[row] and "method.name" not in lines[row]
+    assert "lr 0.01 x0.1 from epoch 50 of 100" in lines[row + 1] and "R-MAC" in lines[row + 1]
