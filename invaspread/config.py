@@ -145,6 +145,7 @@ CHOICES = {
     "method.name": METHOD_NAMES,
     "method.mom.features": ("pooled", "embedding"),
     "method.mom.anchors": ("all", "local_max"),
+    "method.deepcluster.classifier_optimizer": ("reference", "shared"),
     "loss.variant": ("reference", "paper"),
     "loss.positive": ("augmentation", "augmentation_or_neighbour"),
     "loss.negatives": ("all", "hard", "easy", "released"),
@@ -367,10 +368,23 @@ def from_dict(data: dict, source: str = "") -> Config:
     return cfg
 
 
+# keys added after runs were saved without them, and the value that reproduces how those runs trained (where it
+# is not the new default)
+LEGACY_VALUES = {"method.deepcluster.classifier_optimizer": "shared"}
+
+
 def completed(data: dict, source: str = "") -> dict:
-    """A config dict as saved by an older version, with every key added since at its default (the form
-    ``Config.to_dict`` gives today), so a run written before a key existed compares equal to itself."""
-    return from_dict(data, source).to_dict()
+    """A config dict as saved by an older version, with every key added since (the form ``Config.to_dict`` gives
+    today): at the value that reproduces how the run trained (``LEGACY_VALUES``), else at its default, so a run
+    written before a key existed compares equal to itself and resumes as it trained."""
+    cfg = from_dict(data, source)
+    for dotted, value in LEGACY_VALUES.items():
+        node = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            set_key(cfg, dotted, value, source)
+    return cfg.to_dict()
 
 
 def parse_override(text: str):

@@ -49,6 +49,7 @@ class DeepClusterConfig:
     reassign: int = 1  # re-cluster (and re-initialise the classifier) every this many epochs
     pca_dims: int = 256  # PCA-whitening keeps at most this many dimensions before k-means (DeepCluster: 256)
     kmeans_iterations: int = 20  # Lloyd iterations per clustering (DeepCluster's faiss niter: 20)
+    classifier_optimizer: str = "reference"  # reference: the classifier's own SGD (no momentum, weight decay 1e-5; deepcluster main.py) | shared: the network's SGD
 
 
 @dataclass

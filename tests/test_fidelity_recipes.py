@@ -69,3 +69,57 @@ def test_table_dry_runs_show_the_mom_rows_recipe(table, config, capsys):
     row = next(i for i, line in enumerate(lines) if line.strip().startswith("MOM"))
     assert f"--config {config}" in lines[row] and "method.name" not in lines[row]
     assert "lr 0.01 x0.1 from epoch 50 of 100" in lines[row + 1] and "R-MAC" in lines[row + 1]
+
+
+def test_deepclusters_classifier_has_its_own_sgd_settings_as_in_the_reference():
+    """deepcluster main.py: optimizer_tl = SGD(top_layer.parameters(), lr=args.lr, weight_decay=10**-5): no
+    momentum, while the network keeps its momentum and weight decay."""
+    from invaspread.methods import build_method
+    from invaspread.models import build_model
+
+    cfg = load_config(None, ["model.width=8", "method.name=deepcluster", "method.deepcluster.clusters=4",
+                             "optim.lr=0.1"])
+    method = build_method(cfg, build_model(cfg.model), 20)
+    optimizer = build_optimizer(method.parameter_groups(), cfg.optim)
+    network, head = optimizer.param_groups
+    assert (network["momentum"], network["weight_decay"]) == (0.9, 5e-4)
+    assert (head["momentum"], head["weight_decay"]) == (0.0, 1e-5)
+    assert {id(p) for p in head["params"]} == {id(p) for p in method.classifier.parameters()}
+    assert len(network["params"]) + 2 == len(list(method.parameters()))
+    w = method.classifier.weight
+    ref = w.detach().clone()
+    for step in range(2):   # plain SGD, no momentum: the second step does not carry the first's gradient
+        g = torch.full_like(w, 0.5 * (step + 1))
+        optimizer.zero_grad()
+        w.grad = g.clone()
+        optimizer.step()
+        ref = ref - 0.1 * (g + 1e-5 * ref)
+        torch.testing.assert_close(w.detach(), ref)
+    shared = load_config(None, ["model.width=8", "method.name=deepcluster", "method.deepcluster.clusters=4",
+                                "method.deepcluster.classifier_optimizer=shared"])
+    assert len(build_method(shared, build_model(shared.model), 20).parameter_groups()) == 1
+
+
+def test_a_deepcluster_run_saved_before_the_switch_resumes_as_it_trained(tmp_path):
+    """A checkpoint without method.deepcluster.classifier_optimizer trained with the shared SGD (one parameter
+    group): it reads as `shared` and resumes with its one-group optimizer state."""
+    import yaml
+
+    from invaspread.engine.checkpoint import load_checkpoint, save_checkpoint
+    from invaspread.engine.trainer import fit
+
+    sets = ["data.subset_per_class=6", "data.num_workers=0", "model.width=8", "train.batch_size=16",
+            "train.progress=false", "train.eval_every=0", "method.name=deepcluster", "method.deepcluster.clusters=3",
+            "method.deepcluster.classifier_optimizer=shared"]
+    run = tmp_path / "run"
+    fit(load_config(None, sets + ["train.epochs=1"]), run, log=lambda _: None)
+    state = load_checkpoint(run)
+    del state["config"]["method"]["deepcluster"]["classifier_optimizer"]     # as an older version wrote it
+    save_checkpoint(state, run / "last.pt")
+    on_disk = yaml.safe_load((run / "config.yaml").read_text())
+    del on_disk["method"]["deepcluster"]["classifier_optimizer"]
+    (run / "config.yaml").write_text(yaml.safe_dump(on_disk, sort_keys=False))
+    assert load_checkpoint(run)["config"]["method"]["deepcluster"]["classifier_optimizer"] == "shared"
+    fit(None, run, resume=True, overrides=["train.epochs=2"], log=lambda _: None)
+    assert load_checkpoint(run)["epoch"] == 2
+    assert len(load_checkpoint(run)["optimizer"]["param_groups"]) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_file
-from ..config import ConfigError, InvaspreadError
+from ..config import ConfigError, InvaspreadError, completed
 
 CHECKPOINT_VERSION = 1
 
@@ -70,6 +70,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     missing = {"model", "config", "epoch"} - set(state)
     if missing:
         raise InvaspreadError(f"{path} is not an invaspread checkpoint (missing {sorted(missing)})")
+    try:   # keys added since it was saved: at the values that reproduce how it trained
+        state["config"] = completed(state["config"], str(path))
+    except InvaspreadError:
+        pass   # a key this version does not know: named by whoever reads the config
     return state
 
 

@@ -210,7 +210,7 @@ def _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log) ->
                           f"{cfg.train.batch_size} images of a step (method {cfg.method.name})")
     if world()[1] > 1 and cfg.model.sync_bn:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)   # before the optimizer sees parameters
-    optimizer = build_optimizer(method.parameters(), cfg.optim)
+    optimizer = build_optimizer(method.parameter_groups(), cfg.optim)
     start_epoch = 0
     if state is not None:
         load_method_state(method, state)

@@ -5,6 +5,9 @@ classifier weights, memory banks, normalising constants are parameters or buffer
 the trainer optimises ``method.parameters()`` and checkpoints ``method.state_dict()`` without knowing
 which method it runs, and a resumed run continues with exactly the state it stopped with.
 
+The trainer optimises ``method.parameter_groups()`` (by default one group: every parameter, with the
+``optim.*`` settings; a method may give some parameters settings of their own, e.g. DeepCluster's classifier).
+
 The trainer's contract, per epoch::
 
     method.on_epoch_start(epoch, train_features)       # may embed the un-augmented training set
@@ -128,6 +131,11 @@ class Method(nn.Module):
         (anchor, positive, negative) tuples, V = 3). The batches then carry row ids as ``index``.
         Drawn in ``on_epoch_start`` from generators seeded by (seed, epoch), so resume stays exact."""
         return None
+
+    def parameter_groups(self) -> list:
+        """``torch.optim`` parameter groups: ``[{"params": [...], **settings}]``; a group's settings (momentum,
+        weight_decay, ...) replace the ``optim.*`` ones for its parameters; the lr schedule applies to all."""
+        return [{"params": list(self.parameters())}]
 
     def reinitialised_parameters(self) -> list:
         """Parameters that ``on_epoch_start`` just re-initialised (DeepCluster's classifier): the trainer

@@ -81,13 +81,15 @@ class DeepCluster(Method):
     views = 1
 
     def __init__(self, encoder: nn.Module, num_instances: int, embedding_dim: int, clusters: int = 1000,
-                 reassign: int = 1, pca_dims: int = 256, kmeans_iterations: int = 20, seed: int = 0):
+                 reassign: int = 1, pca_dims: int = 256, kmeans_iterations: int = 20, seed: int = 0,
+                 classifier_optimizer: str = "reference"):
         super().__init__(encoder)
         if not 1 <= clusters <= num_instances:
             raise ConfigError(f"method.deepcluster.clusters={clusters}: expected 1..{num_instances} (the number "
                               f"of training images)")
         self.clusters, self.reassign, self.pca_dims = int(clusters), int(reassign), int(pca_dims)
         self.kmeans_iterations, self.seed = int(kmeans_iterations), int(seed)
+        self.classifier_optimizer = classifier_optimizer
         self.classifier = nn.Linear(embedding_dim, clusters)
         self.register_buffer("labels", torch.full((num_instances,), -1, dtype=torch.long))
         self.loss = PseudoLabelLoss()
@@ -98,7 +100,17 @@ class DeepCluster(Method):
     def from_config(cls, cfg, encoder, num_instances):
         c = cfg.method.deepcluster
         return cls(encoder, num_instances, cfg.model.embedding_dim, c.clusters, c.reassign, c.pca_dims,
-                   c.kmeans_iterations, cfg.train.seed)
+                   c.kmeans_iterations, cfg.train.seed, c.classifier_optimizer)
+
+    def parameter_groups(self):
+        """``reference``: the classifier trains with its own SGD settings, as deepcluster's ``main.py`` builds a
+        separate ``optimizer_tl`` for ``top_layer``: no momentum, weight decay 10^-5, the network's lr (both
+        take ``args.lr``); ``shared``: the network's SGD (momentum, ``optim.weight_decay``)."""
+        if self.classifier_optimizer == "shared":
+            return super().parameter_groups()
+        head = set(map(id, self.classifier.parameters()))
+        return [{"params": [p for p in self.parameters() if id(p) not in head]},
+                {"params": list(self.classifier.parameters()), "momentum": 0.0, "weight_decay": 1e-5}]
 
     def cluster(self, features: torch.Tensor, epoch: int) -> torch.Tensor:
         """(N,) pseudo-labels of (N, d) features: PCA-whitening, L2 normalisation, k-means."""
