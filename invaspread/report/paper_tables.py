@@ -77,11 +77,14 @@ def _unseen_rows(config: str, numbers: Dict[str, tuple], extra: Tuple[str, ...] 
         if method == "mom":   # cited, not re-run by the paper's authors: MOM's own recipe (configs/mom_*.yaml)
             rows.append(Row(name, values, f"mom_{config}", extra, note=MOM_RECIPE))
             continue
+        note = {"random": "the network before training",
+                "deepcluster": f"k = {clusters}" + (LABEL_K if clusters < 1000 else "")}.get(method, "")
         rows.append(Row(name, values, config, _method(method, *sets) + extra, evaluate_only=method == "random",
-                        note="the network before training" if method == "random" else ""))
+                        note=note))
     return tuple(rows)
 
 
+LABEL_K = ", the number of training classes: label information the method itself would not have"
 MOM_RECIPE = ("MOM's own recipe (gtolias/mom): SGD lr 0.01 x0.1 from epoch 50 of 100 (x0.01 in the 100th), "
               "momentum 0.9 dampening 0.9, "
               "42 tuples per step, 64-d embedding, RandomResizedCrop(227) + flip; mined on the network's pooled "
@@ -94,7 +97,8 @@ AUGMENT = {"w/o R": "augment.crop=false", "w/o G": "augment.grayscale_p=0", "w/o
 TABLES: Dict[int, PaperTable] = {
     1: PaperTable(1, "kNN accuracy (%) on CIFAR-10 dataset.", "CIFAR-10", KNN, (
         Row("RandomCNN", (32.1,), "cifar10", _method("random"), evaluate_only=True),
-        Row("DeepCluster (10) [3]", (44.4,), "cifar10", _method("deepcluster", "method.deepcluster.clusters=10")),
+        Row("DeepCluster (10) [3]", (44.4,), "cifar10", _method("deepcluster", "method.deepcluster.clusters=10"),
+            note="k = 10" + LABEL_K),
         Row("DeepCluster (1000) [3]", (67.6,), "cifar10",
             _method("deepcluster", "method.deepcluster.clusters=1000")),
         Row("Exemplar [8]", (74.5,), "cifar10", _method("exemplar")),
