@@ -48,11 +48,13 @@ def bank_state(checkpoint: dict, temperature: float):
     return float(off_diagonal), float(partition / z)
 
 
-def run(temperature: float, noise: int, seed: int, epochs: int, every: int, out: Path, cache: Path) -> dict:
+def run(temperature: float, noise: int, seed: int, epochs: int, every: int, out: Path, cache: Path,
+        per_class: int = 100) -> dict:
     kept = ",".join(str(e) for e in range(every, epochs + 1, every))
     cfg = load_config(ROOT / "configs" / "cifar10.yaml", subset_overrides(
         ARCHIVE, cache, "nce", epochs, SETTINGS["nce"][1], (f"method.nce.temperature={temperature}", f"method.nce.noise={noise}",
-                                            f"train.seed={seed}", f"train.save_epochs=[{kept}]")))
+                                            f"train.seed={seed}", f"train.save_epochs=[{kept}]",
+                                            f"data.subset_per_class={per_class}")))
     t0 = time.perf_counter()
     last = fit(cfg, out, log=lambda s: None)
     seconds = time.perf_counter() - t0
@@ -72,6 +74,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--every", type=int, default=5, help="keep a checkpoint every E epochs for the bank columns")
+    parser.add_argument("--per-class", type=int, default=100,
+                        help="training images per class (default 100: the CI test's 1,000; 500: the 5,000 of the "
+                             "STL-10 5K row, 800: about CUB's 5,864 and Cars196's 8,054)")
     args = parser.parse_args(argv)
     if not ARCHIVE.is_file():
         print(f"nce_small_scale: the CIFAR-10 copy {ARCHIVE} is missing", file=sys.stderr)
@@ -85,11 +90,11 @@ def main(argv=None) -> int:
             temperature, noise = float(setting.split(",")[0]), int(setting.split(",")[1])
             for seed in args.seeds:
                 rows.append(run(temperature, noise, seed, args.epochs, args.every,
-                                Path(tmp) / f"t{temperature}-k{noise}-s{seed}", Path(tmp) / "cache"))
+                                Path(tmp) / f"t{temperature}-k{noise}-s{seed}", Path(tmp) / "cache", args.per_class))
                 r = rows[-1]
                 print(f"tau {r['tau']} K {r['K']} seed {r['seed']}: {r['init']:.1f} -> {r['final']:.1f} "
                       f"({r['seconds']:.0f} s)", file=sys.stderr, flush=True)
-    print(f"NCE on 1,000 CIFAR-10 images, width-8 ResNet18, {args.epochs} epochs, {SETTINGS['nce'][1]} per step, torch "
+    print(f"NCE on {10 * args.per_class:,} CIFAR-10 images, width-8 ResNet18, {args.epochs} epochs, {SETTINGS['nce'][1]} per step, torch "
           f"{torch.__version__}, {torch.get_num_threads()} CPU threads\n")
     print("| tau | K | seed | kNN init % | kNN final % | change | bank cos max / end | max Zhat / Z (epoch) | s |")
     print("|---|---|---|---|---|---|---|---|---|")
