@@ -33,7 +33,9 @@ def test_cifar10_subset_knn_improves_over_initialisation(tmp_path_factory):
 
 def test_cifar10_unseen_classes_retrieval_improves_over_initialisation(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "cifar-cache"
-    cfg = load_config("configs/cifar10_unseen.yaml", cifar_overrides(cache, 500, 100, 4))
+    # 8 epochs: at 4 this machine measured R@1 36.6 -> 39.6 (below the +4 margin; the same at commit 64bec5e),
+    # at 8: 36.6 -> 46.4, NMI 7.4 -> 16.1 (2026-11-30, torch 2.14.1, 2 CPU cores)
+    cfg = load_config("configs/cifar10_unseen.yaml", cifar_overrides(cache, 500, 100, 8))
     run = tmp_path_factory.mktemp("unseen")
     last = fit(cfg, run, log=lambda s: None)
     initial = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
