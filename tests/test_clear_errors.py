@@ -9,7 +9,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import noise_image, write_imagefolder_archive

@@ -15,7 +15,7 @@ import pytest
 from conftest import noise_image, write_imagefolder_archive
 from invaspread.cli import main
 from invaspread.config import ConfigError, InvaspreadError, load_config
-from invaspread.data.cache import clear_entries, entry_lock
+from invaspread.data.cache import entry_lock
 from invaspread.data.sources import read_imagefolder_archive
 from invaspread.engine.trainer import fit
 from invaspread.locks import Lock

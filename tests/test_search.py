@@ -9,10 +9,8 @@ import torch
 from PIL import Image
 
 from invaspread.cli import main
-from invaspread.config import load_config
 from invaspread.data.transforms import eval_transform, normalisation
 from invaspread.engine.checkpoint import load_run
-from invaspread.engine.trainer import fit
 from invaspread.search import SearchIndex, build_index, exact_search
 
 

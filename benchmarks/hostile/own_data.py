@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
