@@ -132,10 +132,9 @@ def _is_lock(path: Path) -> bool:
     try:
         if not HOLDER_LINE.match(path.read_text()):
             return False
-        Lock(path).acquire().release()   # held by a running decode: left alone
-    except (InvaspreadError, OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):
         return False
-    return True
+    return not _lock_held(path)   # held by a running decode: left alone
 
 
 def _is_leftover(path: Path) -> bool:
