@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a GPU session should check, in one call (about 5 minutes on an H100/H200).
+# Everything a GPU session should check, in one call (about 6 minutes on an H100/H200; unmeasured so far).
 # Before the call, on the developer machine:
 #   mkdir -p .data && cp ../shared/data/cifar10/cifar10-jpeg.tar.gz .data/
 # then run `bash benchmarks/gpu_session.sh` with carry=[".data"]. Results land in $OUT (or ./gpu-results):
@@ -20,4 +20,8 @@ python benchmarks/clustering.py --device cuda
 invaspread train --config cifar10 --data-dir "$DATA" --epochs 3 --out "$OUT/gpu-path" --set train.progress=false
 invaspread train --config cifar10 --data-dir "$DATA" --epochs 3 --out "$OUT/cpu-path" --set train.progress=false \
     --set augment.on_device=false --set data.num_workers=15
+# the methods after the paper (table 1x), one epoch each at their configs' settings (batch 512, ResNet18)
+for m in simclr mocov2 byol; do
+  invaspread train --config ${m}_cifar10 --data-dir "$DATA" --epochs 1 --out "$OUT/$m" --set train.progress=false
+done
 rm -f "$OUT"/*/last.pt

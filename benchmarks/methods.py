@@ -92,7 +92,7 @@ def main():
             if own_optimizer is not None:
                 own_optimizer.step()
                 own_optimizer.zero_grad(set_to_none=True)
-            method.after_step()
+            method.after_step(1, 1)
 
         own_s = timed(loss_and_state, max(args.steps, 10), device, args.warmup)
         rows.append((name, method.views, method.views * args.batch_size, step_s, own_s,

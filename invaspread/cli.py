@@ -15,7 +15,7 @@ examples:
   invaspread train                                   # quickstart: bundled digits, a few minutes on CPU
   invaspread train --config cifar10 --data-dir ~/data/cifar10
   invaspread train --config cifar10 --data-dir cifar10-jpeg.tar.gz --set train.epochs=3 --out runs/c3
-  invaspread train --set loss.variant=paper --set loss.temperature=0.07
+  invaspread train --set method.invaspread.variant=paper --set method.invaspread.temperature=0.07
   invaspread train --resume runs/c3                  # continue an interrupted run exactly
   invaspread train --resume runs/c3 --epochs 300     # extend it (also --data-dir, --set optim.lr=...)
   invaspread train --config cifar10 --set method.name=nce     # a compared method (README, Table 1)
@@ -109,7 +109,7 @@ def cmd_embed(args) -> int:
     from .data.sources import scan_image_folder
     from .data.transforms import run_eval_transform
     from .engine.checkpoint import load_run
-    from .engine.features import extract_features
+    from .engine.features import evaluation_network, extract_features
     from .outputs import check_new_path, check_out, new_file
     from .search.index import refuse_non_finite
 
@@ -122,8 +122,8 @@ def cmd_embed(args) -> int:
         raise InvaspreadError(f"embed --batch-size {args.batch_size}: expected a positive number")
     cfg, state, model, device = load_run(args.run, _overrides(args))
     source = scan_image_folder(args.images)
-    feats = extract_features(model, source, run_eval_transform(cfg), args.batch_size, device, cfg.data.num_workers,
-                             progress=sys.stderr.isatty()).cpu().numpy()
+    feats = extract_features(evaluation_network(model, cfg), source, run_eval_transform(cfg), args.batch_size, device,
+                             cfg.data.num_workers, progress=sys.stderr.isatty()).cpu().numpy()
     refuse_non_finite(feats, source.paths, f"the network of {args.run} (epoch {state['epoch']})")
     extra = {} if source.labels is None else {"labels": source.labels, "classes": np.asarray(source.classes)}
     with new_file(out, "embed --out") as fh:
@@ -154,7 +154,8 @@ def cmd_cache(args) -> int:
 def cmd_table(args) -> int:
     from .report.table_runner import run_table
 
-    failed = run_table(args.number, args.data_dir, args.out or f"runs/table{args.number}", args.epochs,
+    number = int(args.number) if args.number.isdigit() else args.number
+    failed = run_table(number, args.data_dir, args.out or f"runs/table{args.number}", args.epochs,
                        list(args.set or []), args.dry_run)
     if failed:
         print(f"invaspread: {failed} row(s) failed (see the table's status column)", file=sys.stderr)
@@ -268,16 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("table", help="train every row of one of the paper's tables and write it beside the paper's",
                         description="Train every row of the paper's Table N (1-8) in turn with the bundled configs, "
+                                    "or of 1x (Table 1's rows and SimCLR, MoCo v2, BYOL), "
                                     "each in its own run folder OUT/<row>/, then write OUT/tableN.md and tableN.csv: "
                                     "each row's metrics beside the paper's numbers, with epochs, wall time and "
                                     "device. Resumable: a finished row is skipped, an interrupted one resumed. Rows "
                                     "the harness does not train (supervised methods, numbers quoted from other "
                                     "papers) are listed as such.",
-                        epilog="examples:\n  invaspread table 1 --dry-run\n"
+                        epilog="examples:\n  invaspread table 1 --dry-run\n  invaspread table 1x --dry-run\n"
                                "  invaspread table 1 --data-dir cifar10-jpeg.tar.gz --out runs/table1\n"
                                "  invaspread table 8 --data-dir cifar10-jpeg.tar.gz --epochs 20 --set model.width=16",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    tb.add_argument("number", type=int, choices=range(1, 9), metavar="N", help="the paper's table, 1-8")
+    tb.add_argument("number", choices=[*map(str, range(1, 9)), "1x"], metavar="N",
+                    help="the paper's table, 1-8, or 1x (Table 1 with the methods after the paper)")
     tb.add_argument("--data-dir", help="the table's data set (Tables 1, 7, 8: CIFAR-10; 2: STL-10; 3: CUB-200; "
                                        "4, 6: SOP; 5: Cars196)")
     tb.add_argument("--out", help="folder of the table and its row runs (default: runs/tableN)")

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 
 import yaml
 
-from .config_methods import METHOD_NAMES, MethodConfig
+from .config_methods import new_method_config
 
 
 class InvaspreadError(Exception):
@@ -63,23 +63,13 @@ class ModelConfig:
     width: int = 64  # resnet18_cifar only: channels of the first stage (64 = the paper's ResNet18)
     pool_window: Optional[int] = None  # resnet18_cifar only: null = global average pool; 7 = released STL-10 code
     embedding_dim: int = 128  # size of the L2-normalised embedding (paper: 128)
+    head: str = "linear"  # embedding head on the pooled features: linear (the paper's fc) | mlp (Linear-ReLU-Linear: SimCLR, MoCo v2) | mlp_bn (Linear-BN-ReLU-Linear: BYOL)
+    head_hidden: int = 2048  # hidden width of an mlp / mlp_bn head
     bn_groups: int = 1  # BatchNorm statistics over all images of a step (1) or G chunks (released code: 4 GPUs)
     frozen_bn: Optional[bool] = None  # BatchNorm keeps its running statistics in training; null = when pretrained
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks' images (false: each rank's share, like the released DataParallel)
     init_from: Optional[str] = None  # a run folder or .pt whose network initialises this one (fine-tuning)
     pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
-
-
-@dataclass
-class LossConfig:
-    """The InvaSpread loss (method.name=invaspread)."""
-
-    temperature: float = 0.1  # tau of Eq. 3-4 (paper: 0.1)
-    variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)
-    stop_gradient: bool = True  # detach the key side of every similarity, as the released code does
-    positive: str = "augmentation"  # "augmentation" | "augmentation_or_neighbour" (the paper's CUB-200 option, Sec. 4.2)
-    negatives: str = "all"  # "all" | "hard" | "easy" | "released": Table 8's sampling (README "Seen testing categories (Section 4.1)")
-    negative_fraction: float = 0.5  # share of negatives kept by "hard" / "easy" / "released"
 
 
 @dataclass
@@ -119,6 +109,7 @@ class EvalConfig:
     batch_size: int = 512  # images per forward pass when building feature banks
     recall_ks: List[int] = field(default_factory=lambda: [1, 2, 4, 8])  # K of Recall@K (unseen categories)
     nmi_average: str = "arithmetic"  # NMI normalisation: arithmetic (scikit-learn >= 0.22) | geometric (the released code's scikit-learn: the paper's NMI columns)
+    features: str = "auto"  # what eval, embed and index read: embedding (the head's L2-normalised output) | pooled (the backbone's pooled features, L2-normalised) | auto (the method's choice)
     protocol: str = "auto"  # auto (kNN with labelled training images, else Recall@K + NMI on the test images) | knn | linear | retrieval | none
 
 
@@ -127,8 +118,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    method: Any = field(default_factory=new_method_config)   # ``config_methods``: name + each method's section
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -142,16 +132,11 @@ CHOICES = {
     "data.stl10_split": ("train", "train+unlabeled"),
     "augment.recipe": ("released", "finegrained", "resized_crop"),
     "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
-    "method.name": METHOD_NAMES,
-    "method.mom.features": ("pooled", "embedding"),
-    "method.mom.anchors": ("all", "local_max"),
-    "method.deepcluster.classifier_optimizer": ("reference", "shared"),
-    "loss.variant": ("reference", "paper"),
-    "loss.positive": ("augmentation", "augmentation_or_neighbour"),
-    "loss.negatives": ("all", "hard", "easy", "released"),
+    "model.head": ("linear", "mlp", "mlp_bn"),
     "optim.schedule": ("step", "cosine", "constant"),
     "eval.protocol": ("auto", "knn", "linear", "retrieval", "none"),
     "eval.nmi_average": ("arithmetic", "geometric"),
+    "eval.features": ("auto", "embedding", "pooled"),
 }
 
 
@@ -190,9 +175,16 @@ def _coerce(value: Any, tp, key: str):
     raise ConfigError(f"{key}={value!r}: expected {_describe(tp)}")
 
 
+# sections renamed since runs were saved: their keys are read under the new name (the config migration)
+MOVED_SECTIONS = {"loss": "method.invaspread"}   # the InvaSpread loss's settings (before the method contract v2)
+
+
 def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
     """Set ``section.key`` (or ``section.sub.key``, e.g. ``method.nce.noise``) to ``value``, type-checked."""
     where = f" in {source}" if source else ""
+    section, _, rest = dotted.partition(".")
+    if section in MOVED_SECTIONS and rest:   # a run saved before the move, or an old command line
+        dotted = f"{MOVED_SECTIONS[section]}.{rest}"
     parts = dotted.split(".")
     node = cfg
     for depth, part in enumerate(parts):
@@ -223,6 +215,47 @@ MIN_TEMPERATURE = 1e-6
 DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
+# checks a method's ``Config.check(prefix)`` composes (``prefix``: "method.NAME"), each a one-line ConfigError
+def require(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def require_positive(prefix: str, settings, *names: str) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        require(value > 0 and math.isfinite(value), f"{prefix}.{name}", value, "a positive number")
+
+
+def require_choice(prefix: str, settings, name: str, allowed) -> None:
+    value = getattr(settings, name)
+    require(value in allowed, f"{prefix}.{name}", value, f"one of {', '.join(allowed)}")
+
+
+def require_temperature(key: str, value: float) -> None:
+    require(value > 0 and math.isfinite(value), key, value, "a positive number")
+    # 1/temperature overflows below this (and any value this small is an argmax anyway)
+    require(value >= MIN_TEMPERATURE, key, value, f"a temperature >= {MIN_TEMPERATURE:g} (similarities are divided "
+                                                  f"by it)")
+
+
+def _validate_method(cfg: Config) -> None:
+    """``method.name`` is registered; every method section passes its own ``check``; an untrainable method
+    (random) runs with 0 epochs."""
+    from .methods import registry
+
+    methods = registry()
+    name = cfg.method.name
+    require(name in methods, "method.name", name, f"one of {', '.join(methods)}")
+    for f in dataclasses.fields(cfg.method):
+        settings = getattr(cfg.method, f.name)
+        if hasattr(settings, "check"):
+            settings.check(f"method.{f.name}")
+    if not methods[name].trainable and cfg.train.epochs != 0:
+        raise ConfigError(f"method.name={name} is the untrained network: add --epochs 0 (train.epochs is "
+                          f"{cfg.train.epochs})")
+
+
 def validate(cfg: Config) -> Config:
     def get(dotted):
         node = cfg
@@ -234,20 +267,9 @@ def validate(cfg: Config) -> Config:
         value = get(key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
-    positive = {"loss.temperature": cfg.loss.temperature,
-                "data.image_size": cfg.data.image_size, "eval.knn_k": cfg.eval.knn_k,
-                "eval.knn_temperature": cfg.eval.knn_temperature, "model.embedding_dim": cfg.model.embedding_dim,
+    positive = {"data.image_size": cfg.data.image_size, "eval.knn_k": cfg.eval.knn_k, "model.embedding_dim": cfg.model.embedding_dim,
                 "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size,
-                "model.bn_groups": cfg.model.bn_groups,
-                "method.exemplar.temperature": cfg.method.exemplar.temperature,
-                "method.npsoftmax.temperature": cfg.method.npsoftmax.temperature,
-                "method.nce.temperature": cfg.method.nce.temperature, "method.nce.noise": cfg.method.nce.noise,
-                "method.triplet.margin": cfg.method.triplet.margin}
-    positive.update({key: get(key) for key in (
-        "method.deepcluster.clusters", "method.deepcluster.reassign", "method.deepcluster.pca_dims",
-        "method.deepcluster.kmeans_iterations", "method.mom.graph_neighbours", "method.mom.similarity_power",
-        "method.mom.cg_iterations", "method.mom.num_anchors", "method.mom.positive_k", "method.mom.negative_k",
-        "method.mom.pool_size", "method.mom.negative_candidates", "method.mom.margin")})
+                "model.bn_groups": cfg.model.bn_groups, "model.head_hidden": cfg.model.head_hidden}
     for key, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a positive number")
@@ -257,29 +279,15 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a finite number >= 0")
-    if not 0 < cfg.method.mom.alpha < 1:
-        raise ConfigError(f"method.mom.alpha={cfg.method.mom.alpha!r}: expected 0 < alpha < 1")
-    if cfg.method.mom.remine_every < 0:
-        raise ConfigError(f"method.mom.remine_every={cfg.method.mom.remine_every}: expected 0 (mine once) or more")
-    for key, value in (("method.npsoftmax.momentum", cfg.method.npsoftmax.momentum),
-                       ("method.nce.momentum", cfg.method.nce.momentum)):
-        if not 0 <= value < 1:
-            raise ConfigError(f"{key}={value!r}: expected 0 <= momentum < 1")
+    _validate_method(cfg)
     if cfg.train.keep < 0:
         raise ConfigError(f"train.keep={cfg.train.keep}: expected 0 (last.pt only) or a number of epochs to keep")
     if any(e < 1 for e in cfg.train.save_epochs):
         raise ConfigError(f"train.save_epochs={cfg.train.save_epochs}: expected epoch numbers >= 1")
     if cfg.train.epochs < 0:
         raise ConfigError(f"train.epochs={cfg.train.epochs}: expected 0 (evaluate only) or more")
-    if cfg.method.name == "random" and cfg.train.epochs != 0:
-        raise ConfigError(f"method.name=random is the untrained network: add --epochs 0 (train.epochs is "
-                          f"{cfg.train.epochs})")
     if cfg.train.batch_size < 2:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size}: the loss needs at least 2 instances per batch")
-    if not 0 < cfg.loss.negative_fraction <= 1:
-        raise ConfigError(f"loss.negative_fraction={cfg.loss.negative_fraction}: expected 0 < value <= 1")
-    if cfg.loss.negatives != "all" and cfg.loss.variant != "reference":
-        raise ConfigError(f"loss.negatives={cfg.loss.negatives} needs loss.variant=reference")
     if len(cfg.optim.decay_epochs) != len(cfg.optim.decay_factors):
         raise ConfigError(f"optim.decay_epochs {cfg.optim.decay_epochs} and optim.decay_factors "
                           f"{cfg.optim.decay_factors} must have the same length")
@@ -299,13 +307,7 @@ def validate(cfg: Config) -> Config:
     if cfg.data.std is not None and not all(v > 0 and math.isfinite(v) for v in cfg.data.std):
         raise ConfigError(f"data.std={cfg.data.std}: every channel's std must be a positive number (images are "
                           f"divided by it)")
-    for key, value in (("loss.temperature", cfg.loss.temperature), ("eval.knn_temperature", cfg.eval.knn_temperature),
-                       ("method.exemplar.temperature", cfg.method.exemplar.temperature),
-                       ("method.npsoftmax.temperature", cfg.method.npsoftmax.temperature),
-                       ("method.nce.temperature", cfg.method.nce.temperature)):
-        if value < MIN_TEMPERATURE:   # 1/temperature overflows (and any value this small is an argmax anyway)
-            raise ConfigError(f"{key}={value!r}: expected a temperature >= {MIN_TEMPERATURE:g} (similarities are "
-                              f"divided by it)")
+    require_temperature("eval.knn_temperature", cfg.eval.knn_temperature)
     if not cfg.eval.recall_ks or any(k < 1 for k in cfg.eval.recall_ks):
         raise ConfigError(f"eval.recall_ks={cfg.eval.recall_ks}: expected a non-empty list of K >= 1, e.g. [1, 2, 4, 8]")
     if any(not (f > 0 and math.isfinite(f)) for f in cfg.optim.decay_factors):
@@ -346,7 +348,9 @@ def describe(cfg: Config):
     import inspect
 
     def walk(node, prefix):
-        comments = dict(re.findall(r"^\s+(\w+): [^#\n]*?(?:#\s*(.*))?$", inspect.getsource(type(node)), re.M))
+        comments = getattr(type(node), "comments", None)   # a generated class (config_methods) has no source
+        if comments is None:
+            comments = dict(re.findall(r"^\s+(\w+): [^#\n]*?(?:#\s*(.*))?$", inspect.getsource(type(node)), re.M))
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
             if dataclasses.is_dataclass(value):
@@ -368,6 +372,14 @@ def from_dict(data: dict, source: str = "") -> Config:
     return cfg
 
 
+# keys that do not change what a run computes: where its data lives, how long it trains, how it is shown. A table
+# row's folder is the row when only these differ (``report.table_runner``); a resumed run may change them and
+# RESUMABLE_KEYS (each change recorded in the run's overrides.jsonl)
+SAME_RESULT_KEYS = ("train.epochs", "data.root", "data.test_root", "data.cache_dir", "data.num_workers", "train.device",
+                    "train.progress", "eval.batch_size", "train.tensorboard")
+# ... plus the lr (to continue after a divergence) and how the run is evaluated: the one list of resumable keys
+RESUMABLE_KEYS = SAME_RESULT_KEYS + ("optim.lr", "eval.protocol", "eval.nmi_average", "eval.features")
+
 # keys added after runs were saved without them, and the value that reproduces how those runs trained (where it
 # is not the new default)
 LEGACY_VALUES = {"method.deepcluster.classifier_optimizer": "shared"}
@@ -377,6 +389,7 @@ def completed(data: dict, source: str = "") -> dict:
     """A config dict as saved by an older version, with every key added since (the form ``Config.to_dict`` gives
     today): at the value that reproduces how the run trained (``LEGACY_VALUES``), else at its default, so a run
     written before a key existed compares equal to itself and resumes as it trained."""
+    data = _without_absent_methods(data)
     cfg = from_dict(data, source)
     for dotted, value in LEGACY_VALUES.items():
         node = data
@@ -385,6 +398,19 @@ def completed(data: dict, source: str = "") -> dict:
         if node is None:
             set_key(cfg, dotted, value, source)
     return cfg.to_dict()
+
+
+def _without_absent_methods(data: dict) -> dict:
+    """A saved config lists every method registered when it was written; a section of a method not installed now
+    (a plugin since removed) is dropped unless it is the run's own method, whose absence stays an error."""
+    from .config_methods import method_config_class
+
+    method = data.get("method") if isinstance(data, dict) else None
+    if not isinstance(method, dict):
+        return data
+    known = {f.name for f in dataclasses.fields(method_config_class())}
+    kept = {k: v for k, v in method.items() if k in known or k == method.get("name") or not isinstance(v, dict)}
+    return {**data, "method": kept}
 
 
 def parse_override(text: str):

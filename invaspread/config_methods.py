@@ -1,84 +1,40 @@
-"""The ``method`` section of the config: which compared system trains, and each one's own settings
-(``method.NAME.key``). Loaded, overridden and checked like every other section (``invaspread.config``)."""
+"""The ``method`` section of the config: ``method.name`` and one sub-section per registered method
+(``method.NAME.key``), built from the method registry (``invaspread.methods.registry()``): a method's settings
+are the ``Config`` dataclass beside its class, so adding a method (a file, or a package's entry point) adds its
+keys without an edit here. Loaded, overridden and checked like every other section (``invaspread.config``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from typing import Dict, Tuple
 
-METHOD_NAMES = ("invaspread", "random", "exemplar", "npsoftmax", "nce", "triplet", "triplet_hard", "deepcluster", "mom")
-
-
-@dataclass
-class ExemplarConfig:
-    """Exemplar CNN (Dosovitskiy et al.; paper Eq. 1): a learned weight row per training instance."""
-
-    temperature: float = 0.1  # softmax temperature over the n instance weights
-    normalize_weights: bool = True  # L2-normalise the rows of W (cosine classifier); false: plain w_i . f logits
-    literal: bool = False  # Eq. 1 as printed: exp(w_i . f) over raw rows, no temperature (ignores the two keys above)
+_BUILT: Dict[Tuple, type] = {}
 
 
-@dataclass
-class NPSoftmaxConfig:
-    """Non-parametric softmax over a memory bank (Wu et al. 2018; paper Eq. 2)."""
+def method_config_class() -> type:
+    """The ``MethodConfig`` dataclass of the methods registered now: ``name`` plus a field per settings section.
+    One class per registry content, so two configs built under the same registry compare equal."""
+    from .methods import registry
 
-    temperature: float = 0.1  # softmax temperature over the n bank entries
-    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
-
-
-@dataclass
-class NCEConfig:
-    """Noise-contrastive estimation over the same memory bank (Wu et al. 2018)."""
-
-    temperature: float = 0.1  # tau of P(i | f) = exp(v_i . f / tau) / Z
-    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
-    noise: int = 4096  # K noise entries drawn uniformly per instance and step
-
-
-@dataclass
-class TripletConfig:
-    """Triplet loss over the batch's two views (methods triplet and triplet_hard)."""
-
-    margin: float = 0.5  # m of max(0, d(a, p) - d(a, n) + m) (paper Section 4.1: 0.5)
-
-
-@dataclass
-class DeepClusterConfig:
-    """DeepCluster (Caron et al. 2018): k-means pseudo-labels of the embedding, re-clustered every few epochs."""
-
-    clusters: int = 1000  # k of k-means (the paper's rows: 10, 100, 1000)
-    reassign: int = 1  # re-cluster (and re-initialise the classifier) every this many epochs
-    pca_dims: int = 256  # PCA-whitening keeps at most this many dimensions before k-means (DeepCluster: 256)
-    kmeans_iterations: int = 20  # Lloyd iterations per clustering (DeepCluster's faiss niter: 20)
-    classifier_optimizer: str = "reference"  # reference: the classifier's own SGD (no momentum, weight decay 1e-5; deepcluster main.py) | shared: the network's SGD
+    methods = registry()
+    key = tuple(methods.items())
+    if key not in _BUILT:
+        sections: Dict[str, type] = {}
+        for name, cls in methods.items():
+            if cls.Config is not None:
+                sections.setdefault(cls.settings_section(name), cls.Config)
+        fields = [("name", str, dataclasses.field(default="invaspread"))]
+        fields += [(section, settings, dataclasses.field(default_factory=settings))
+                   for section, settings in sections.items()]
+        made = dataclasses.make_dataclass("MethodConfig", fields, namespace={
+            "__doc__": "Which method trains the embedding (``name``), and each registered method's own settings."})
+        made.__module__ = __name__
+        # the meaning ``invaspread config`` prints beside method.name (the class has no source to read it from)
+        made.comments = {"name": "which method trains: " + " | ".join(methods)}
+        _BUILT[key] = made
+    globals()["MethodConfig"] = _BUILT[key]   # what pickle finds under this name
+    return _BUILT[key]
 
 
-@dataclass
-class MOMConfig:
-    """Mining on Manifolds (Iscen et al. 2018): triplets mined from a kNN graph's manifold similarity."""
-
-    features: str = "pooled"  # mine on "pooled" backbone features (the reference's descriptors) or the "embedding"
-    graph_neighbours: int = 30  # k of the mutual kNN graph (reference: 30)
-    similarity_power: float = 3.0  # edge weight = similarity ** power (reference: 3)
-    alpha: float = 0.99  # random-walk restart: f = (I - alpha S)^-1 e_anchor (reference: 0.99)
-    cg_iterations: int = 20  # conjugate-gradient iterations per anchor (reference's pcg: 20)
-    anchors: str = "all"  # "all" images (reference's fine-grained setup) | "local_max" of the random walk (retrieval)
-    num_anchors: int = 1500  # anchors=local_max: keep the strongest this many (reference: 1500)
-    positive_k: int = 50  # positives: manifold top-k that are not Euclidean top-k (reference: 50)
-    negative_k: int = 100  # negatives: Euclidean top-k that are not manifold top-k (reference, CUB: 100)
-    pool_size: int = 50  # keep at most this many positives / negatives per anchor (reference: 50)
-    negative_candidates: int = 10  # a tuple's negative: uniform among the pool's this-many closest (reference: 10)
-    margin: float = 0.5  # m of max(0, m + d2(a, p) - d2(a, n)) (reference: 0.5)
-    remine_every: int = 0  # mine again every E epochs; 0 = once, from the initial network (the paper's MOM)
-
-
-@dataclass
-class MethodConfig:
-    """Which system trains the embedding; the InvaSpread loss itself is configured in ``loss``."""
-
-    name: str = "invaspread"  # invaspread | random | exemplar | npsoftmax | nce | triplet | triplet_hard | deepcluster | mom
-    exemplar: ExemplarConfig = field(default_factory=ExemplarConfig)
-    npsoftmax: NPSoftmaxConfig = field(default_factory=NPSoftmaxConfig)
-    nce: NCEConfig = field(default_factory=NCEConfig)
-    triplet: TripletConfig = field(default_factory=TripletConfig)
-    deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)
-    mom: MOMConfig = field(default_factory=MOMConfig)
+def new_method_config():
+    return method_config_class()()

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import write_image_folder
 from invaspread.config import InvaspreadError, load_config
 from invaspread.data.sources import DataError, FileImages, scan_image_folder
-from invaspread.engine import trainer
+from invaspread.engine import reporter, trainer
 from invaspread.engine.batches import CPUBatches
 
 
@@ -55,14 +55,14 @@ def test_an_image_that_fails_while_decoding_in_a_worker_is_one_line(tmp_path):
 
 
 def test_a_full_disk_is_a_one_line_error_and_leaves_no_temp_file(tmp_path, monkeypatch):
-    real = trainer.save_checkpoint
+    real = reporter.save_checkpoint
 
     def full_disk(state, path):
         if state["epoch"] >= 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(state, path)
 
-    monkeypatch.setattr(trainer, "save_checkpoint", full_disk)
+    monkeypatch.setattr(reporter, "save_checkpoint", full_disk)
     cfg = load_config(None, ["data.subset_per_class=20", "data.num_workers=0", "model.width=8", "train.epochs=2",
                              "train.batch_size=32", "train.progress=false", "eval.knn_k=10"])
     with pytest.raises(InvaspreadError) as info:

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("setting, message", [
     ("eval.knn_temperature=1e-320", "expected a temperature >= 1e-06"),
-    ("loss.temperature=1e-9", "expected a temperature >= 1e-06"),
+    ("method.invaspread.temperature=1e-9", "expected a temperature >= 1e-06"),
     ("eval.recall_ks=[0,-5,1]", "expected a non-empty list of K >= 1"),
     ("eval.recall_ks=[]", "expected a non-empty list of K >= 1"),
     ("optim.decay_factors=[-1.0]", "expected positive lr multipliers"),

@@ -17,7 +17,7 @@ from invaspread.models import BACKBONES, PretrainedWeightsUnavailable, build_mod
 def test_bundled_cifar10_config_is_the_released_recipe():
     cfg = load_config("configs/cifar10.yaml")
     assert (cfg.model.arch, cfg.model.width, cfg.model.embedding_dim) == ("resnet18_cifar", 64, 128)
-    assert (cfg.loss.temperature, cfg.loss.variant, cfg.loss.stop_gradient) == (0.1, "reference", True)
+    assert (cfg.method.invaspread.temperature, cfg.method.invaspread.variant, cfg.method.invaspread.stop_gradient) == (0.1, "reference", True)
     assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.03, 0.9, 5e-4)
     assert (cfg.optim.decay_epochs, cfg.optim.decay_factors) == ([120, 160], [0.1, 0.01])
     assert (cfg.train.epochs, cfg.train.batch_size) == (200, 128)
@@ -68,10 +68,10 @@ def test_overrides_are_typed():
     ("trian.epochs=3", "unknown config key"),
     ("train.epochs=three", "train.epochs='three': expected int"),
     ("train.bf16=1", "expected bool"),
-    ("loss.variant=memory", "loss.variant='memory': expected one of reference, paper"),
+    ("method.invaspread.variant=memory", "method.invaspread.variant='memory': expected one of reference, paper"),
     ("optim.decay_factors=[0.1]", "same length"),
     ("train.epochs", "expected section.key=value"),
-    ("loss.temperature=.inf", "loss.temperature=inf: expected a positive number"),
+    ("method.invaspread.temperature=.inf", "method.invaspread.temperature=inf: expected a positive number"),
     ("method.nce.temperature=.inf", "expected a positive number"),
     ("optim.warmup_epochs=-1", "optim.warmup_epochs=-1: expected a finite number >= 0"),
     ("optim.lr=-0.1", "optim.lr=-0.1: expected a finite number >= 0"),

@@ -6,7 +6,7 @@ import torch
 
 from conftest import coloured_image, write_cifar10_python, write_image_folder, write_imagefolder_archive
 from invaspread.config import AugmentConfig, DataConfig
-from invaspread.data.bundle import ViewsDataset
+from invaspread.data.bundle import PlannedViewsDataset, ViewsDataset
 from invaspread.data.datasets import build_data
 from invaspread.data.sources import (ArrayImages, DataError, first_per_class, read_imagefolder_archive,
                                      scan_image_folder)
@@ -112,11 +112,11 @@ def test_views_dataset_yields_independent_views_and_index():
     assert not torch.equal(v1, v2)
     one, idx = ViewsDataset(ArrayImages(images), transform, views=1)[3]
     assert len(one) == 1 and idx == 3
-    # the second view's source image is replaced, the index stays the instance's
-    plain = ViewsDataset(ArrayImages(images), lambda img: torch.from_numpy(np.asarray(img).copy()),
-                         second_index=np.array([1, 0, 3, 2, 5, 4]))
-    (first, second), idx = plain[4]
-    assert idx == 4 and torch.equal(first, torch.from_numpy(images[4])) and torch.equal(second, torch.from_numpy(images[5]))
+    # a planned item draws its second view from another image (InvaSpread's neighbour positives); index = row
+    plain = PlannedViewsDataset(ArrayImages(images), lambda img: torch.from_numpy(np.asarray(img).copy()),
+                                torch.tensor([[0, 1], [4, 5]]))
+    (first, second), row = plain[1]
+    assert row == 1 and torch.equal(first, torch.from_numpy(images[4])) and torch.equal(second, torch.from_numpy(images[5]))
 
 
 def test_eval_transform_is_identity_plus_normalise_for_cifar_size():

@@ -1,8 +1,8 @@
-"""``InvaSpreadLoss`` / ``TripletLoss(gather_distributed=True)`` in a real process group (gloo, 2 and 3
+"""``InvaSpreadLoss`` / ``TripletLoss`` / ``NTXentLoss(gather_distributed=True)`` in a real process group (gloo, 2 and 3
 processes) against the single-process loss on the concatenated batch, in float64: (a) the mean over ranks of
 the returned losses equals it, (b) each rank's gradient on its own rows equals world size x its gradient
 there -- for both stop-gradient settings, both variants, the negative-sampling modes, hard and random
-triplets."""
+triplets, and SimCLR's NT-Xent."""
 
 import os
 import tempfile
@@ -13,14 +13,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from invaspread.losses import InvaSpreadLoss, TripletLoss
+from invaspread.losses import InvaSpreadLoss, NTXentLoss, TripletLoss
 
 SETTINGS = [dict(stop_gradient=sg, variant=v, negatives=neg) for sg in (True, False)
             for v, neg in (("reference", "all"), ("paper", "all"), ("reference", "hard"), ("reference", "released"))]
-SETTINGS += [dict(triplet=negatives) for negatives in ("hard", "random")]
+SETTINGS += [dict(triplet=negatives) for negatives in ("hard", "random")] + [dict(ntxent=0.5)]
 
 
 def make(kwargs, gather):
+    if "ntxent" in kwargs:
+        return NTXentLoss(kwargs["ntxent"], gather_distributed=gather)
     if "triplet" in kwargs:
         return TripletLoss(0.5, kwargs["triplet"], gather_distributed=gather)
     return InvaSpreadLoss(0.1, gather_distributed=gather, **kwargs)

@@ -8,10 +8,12 @@ import torch
 
 from conftest import REPO, cifar10_archive
 from invaspread.cli import main
-from invaspread.config import CHOICES, ConfigError, load_config
-from invaspread.engine import trainer
+import dataclasses
+
+from invaspread.config import ConfigError, load_config
+from invaspread.engine import reporter, trainer
 from invaspread.engine.checkpoint import load_checkpoint
-from invaspread.methods import METHODS, build_method
+from invaspread.methods import METHODS, build_method, registry
 from invaspread.models import build_model
 
 TRAINABLE = [name for name, cls in METHODS.items() if cls.trainable]
@@ -37,8 +39,12 @@ def build(name, n=40, seed=0):
     return method
 
 
-def test_config_choices_are_the_registry():
-    assert set(CHOICES["method.name"]) == set(METHODS)
+def test_config_sections_and_names_are_the_registry():
+    cfg = load_config()
+    sections = {f.name for f in dataclasses.fields(cfg.method)} - {"name"}
+    assert sections == {cls.settings_section(n) for n, cls in registry().items() if cls.Config is not None}
+    with pytest.raises(ConfigError, match="method.name='nope': expected one of " + ", ".join(registry())):
+        load_config(None, ["method.name=nope"])
 
 
 @pytest.mark.parametrize("config", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
@@ -86,8 +92,10 @@ def test_state_dict_round_trip_includes_the_methods_own_state(name):
     own = trainer.method_checkpoint_state(a)
     expected = {"exemplar": {"weights"}, "npsoftmax": {"bank.features"}, "nce": {"bank.features", "z"},
                 "deepcluster": {"classifier.weight", "classifier.bias", "labels"},
-                "mom": {"anchor", "positives", "positive_weights", "negatives", "mined_at_epoch"}}
-    assert set(own) == expected.get(name, set())
+                "mom": {"anchor", "positives", "positive_weights", "negatives", "mined_at_epoch"},
+                "mocov2": {"queue", "queue_pointer", "key_encoder"}, "byol": {"target", "predictor"}}
+    networks = ("key_encoder.", "target.", "predictor.")   # whole modules of the method: named by their prefix
+    assert {k.split(".")[0] if k.startswith(networks) else k for k in own} == expected.get(name, set())
     state = {"model": a.encoder.state_dict(), "method": own}
     trainer.load_method_state(b, state)
     for key, value in a.state_dict().items():
@@ -111,16 +119,16 @@ def test_interrupted_then_resumed_run_equals_uninterrupted_run(name, extra, tmp_
     cfg = tiny_cfg(name, extra)
     trainer.fit(cfg, tmp_path / "full", log=lambda s: None)
 
-    real_save = trainer.save_checkpoint
+    real_save = reporter.save_checkpoint
 
     def save_then_stop(state, path):
         real_save(state, path)
         raise Interrupted
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(reporter, "save_checkpoint", save_then_stop)
     with pytest.raises(Interrupted):
         trainer.fit(cfg, tmp_path / "cut", log=lambda s: None)
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(reporter, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
     trainer.fit(None, tmp_path / "cut", resume=True, log=lambda s: None)
 
@@ -226,14 +234,12 @@ def test_batches_yield_views_of_each_instance_and_of_its_second_index(on_device)
                              "augment.grayscale_p=0", "augment.flip=false", f"augment.on_device={str(on_device).lower()}",
                              "data.num_workers=0"])
     batches = make_batches(ArrayImages(images), cfg.data, cfg.augment, (0, 0, 0), (1, 1, 1), 4, torch.device("cpu"))
-    second = torch.tensor([(i + 1) % 12 for i in range(12)])
     seen = []
-    for views, index in batches.epoch(0, 1, views=3, second_index=second):
+    for views, index in batches.epoch(0, 1, views=3):
         assert views.shape == (3, 4, 3, 8, 8) and index.shape == (4,)
         level = views[:, :, 0, 0, 0] * 255 / 10                         # (V, B): the source image of each view
-        torch.testing.assert_close(level[0], index.float(), atol=1e-3, rtol=0)
-        for v in (1, 2):
-            torch.testing.assert_close(level[v], second[index].float(), atol=1e-3, rtol=0)
+        for v in range(3):                                               # every view of instance i is image i
+            torch.testing.assert_close(level[v], index.float(), atol=1e-3, rtol=0)
         seen += index.tolist()
     assert sorted(seen) == list(range(12))
     one, index = next(iter(batches.epoch(0, 2, views=1)))

@@ -89,7 +89,7 @@ def test_dry_run_commands_build_the_rows_configs():
     cfg = load_config(resolve_config_path("cifar10"), ["data.root=/elsewhere", "train.epochs=5"]).to_dict()
     matches = {(t, r) for t, r, _ in paper_rows_for(cfg)}
     assert matches == {(1, "Ours"), (7, "Full"), (8, "Full")} and full.name == "Full"
-    cfg["loss"]["temperature"] = 0.5
+    cfg["method"]["invaspread"]["temperature"] = 0.5
     assert paper_rows_for(cfg) == []
 
 
@@ -142,13 +142,13 @@ def test_table_trains_skips_and_extends_rows(tmp_path):
     assert "| Full | 83.6 |" in (tmp_path / "table8.md").read_text() and "| 2 |" in (tmp_path / "table8.md").read_text()
     # a row folder trained with other settings is never adopted
     failed = run_table(8, "unused-for-digits", tmp_path, epochs=2, sets=sets[:-1] + ["eval.batch_size=128",
-                                                                                   "loss.temperature=0.2"], log=logs.append)
-    assert failed == 4 and "other settings (loss.temperature)" in json.loads((tmp_path / "table8.json").read_text())[
+                                                                                   "method.invaspread.temperature=0.2"], log=logs.append)
+    assert failed == 4 and "other settings (method.invaspread.temperature)" in json.loads((tmp_path / "table8.json").read_text())[
         "full"]["error"]
 
 
 def test_table_refuses_a_set_that_a_row_measures(tmp_path):
-    assert main(["table", "8", "--data-dir", "x", "--out", str(tmp_path), "--set", "loss.negatives=all"]) == 2
+    assert main(["table", "8", "--data-dir", "x", "--out", str(tmp_path), "--set", "method.invaspread.negatives=all"]) == 2
 
 
 @pytest.fixture(scope="module")
@@ -286,12 +286,12 @@ def test_table_8_hard_is_the_released_branch_and_dry_runs_say_each_rows_recipe(c
     from invaspread.report.paper_tables import TABLES
 
     hard = next(r for r in TABLES[8].rows if r.name == "Hard")
-    assert hard.sets == ("loss.negatives=released",)
+    assert hard.sets == ("method.invaspread.negatives=released",)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "| Table 8, Hard | `--config cifar10 --set loss.negatives=released`" in readme
+    assert "| Table 8, Hard | `--config cifar10 --set method.invaspread.negatives=released`" in readme
     assert main(["table", "8", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "loss.negatives=released" in out and "loss.negatives=hard: the normalised reading" in out
+    assert "method.invaspread.negatives=released" in out and "method.invaspread.negatives=hard: the normalised reading" in out
 
 
 def test_a_row_that_diverges_or_ends_below_random_is_marked_diverged_with_its_numbers(tmp_path, monkeypatch):

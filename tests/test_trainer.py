@@ -128,7 +128,7 @@ def test_nearest_neighbour_positives_against_brute_force():
 
 
 def test_neighbour_positive_option_trains(tmp_path):
-    cfg = load_config(None, tiny_overrides(epochs=1) + ["loss.positive=augmentation_or_neighbour"])
+    cfg = load_config(None, tiny_overrides(epochs=1) + ["method.invaspread.positive=augmentation_or_neighbour"])
     last = fit(cfg, tmp_path / "nn", log=lambda s: None)
     assert last["epoch"] == 1 and last["loss"] == last["loss"]  # finite, not NaN
 

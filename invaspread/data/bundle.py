@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -35,23 +34,17 @@ def images_as_tensor(source) -> torch.Tensor:
 
 
 class ViewsDataset(Dataset):
-    """Yields ``([view_1, ..., view_V], index)``: V independent augmentations of instance ``index``.
+    """Yields ``([view_1, ..., view_V], index)``: V independent augmentations of instance ``index`` (a method
+    that draws views from other images plans its epoch: ``PlannedViewsDataset``)."""
 
-    ``second_index`` (optional, length N) replaces the source image of views 2..V: the paper's
-    CUB-200 option draws it from the instance's nearest neighbour half of the time.
-    """
-
-    def __init__(self, source, transform, views: int = 2, second_index: Optional[np.ndarray] = None):
+    def __init__(self, source, transform, views: int = 2):
         self.source, self.transform, self.views = source, transform, views
-        self.second_index = second_index
 
     def __len__(self):
         return len(self.source)
 
     def __getitem__(self, i):
-        j = i if self.second_index is None else int(self.second_index[i])
-        first = self.transform(self.source.image(i))
-        return [first] + [self.transform(self.source.image(j)) for _ in range(self.views - 1)], i
+        return [self.transform(self.source.image(i)) for _ in range(self.views)], i
 
 
 class PlannedViewsDataset(Dataset):

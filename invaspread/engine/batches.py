@@ -1,10 +1,9 @@
 """Training batches ``(views, index)`` for one epoch, from the CPU or from device memory.
 
 ``views`` is (V, B, 3, H, W): V independent augmentations of the B instances ``index`` (B,) int64.
-Views 2..V of instance i are drawn from image ``second_index[i]`` when a method passes one (the
-nearest-neighbour positives of the CUB-200 recipe), else from image i. A method that plans its epoch
-passes ``plan`` (L, V) instead: the epoch is its rows in order, view v of row l drawn from image
-``plan[l, v]``, and ``index`` holds row ids (see ``Method.epoch_plan``).
+All V views of instance i are drawn from image i. A method that plans its epoch passes ``plan`` (L, V)
+instead: the epoch is its rows in order, view v of row l drawn from image ``plan[l, v]``, and ``index``
+holds row ids (see ``Method.epoch_plan``).
 
 Both sources draw everything random in an epoch (shuffle order, augmentation) from generators
 seeded by (seed, epoch), so a run resumed at an epoch boundary repeats exactly what an
@@ -26,13 +25,10 @@ from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor
 from ..data.sources import DataError
 from ..data.device_augment import DeviceAugment
 from ..data.transforms import train_transform
+from ..methods.base import epoch_seed
 from ..ops.distributed import world
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch)) % (2 ** 63)
 
 
 class CPUBatches:
@@ -53,15 +49,13 @@ class CPUBatches:
     def steps(self, plan: Optional[torch.Tensor] = None) -> int:
         return (len(self.source) if plan is None else plan.shape[0]) // self.batch_size
 
-    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None,
-              plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
+    def epoch(self, seed: int, epoch: int, views: int = 2, plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
         torch.manual_seed(s + self.rank)  # augmentation RNG when num_workers == 0 (each rank its own)
         if plan is not None:
             dataset = PlannedViewsDataset(self.source, self.transform, _checked_plan(plan, views, len(self.source)))
         else:
-            second = None if second_index is None else second_index.cpu().numpy()
-            dataset = ViewsDataset(self.source, self.transform, views, second)
+            dataset = ViewsDataset(self.source, self.transform, views)
         # this rank's slice of every global batch of the epoch's permutation (the same as DeviceBatches'), or
         # of the plan's rows; one process takes whole batches
         order = (torch.randperm(len(self.source), generator=torch.Generator().manual_seed(s)) if plan is None
@@ -94,8 +88,7 @@ class DeviceBatches:
     def steps(self, plan: Optional[torch.Tensor] = None) -> int:
         return (self.images.shape[0] if plan is None else plan.shape[0]) // self.batch_size
 
-    def epoch(self, seed: int, epoch: int, views: int = 2, second_index: Optional[torch.Tensor] = None,
-              plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
+    def epoch(self, seed: int, epoch: int, views: int = 2, plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
         gen = torch.Generator(device=self.device).manual_seed(s + self.rank)
         if plan is not None:
@@ -106,11 +99,9 @@ class DeviceBatches:
                 yield out.view(views, len(rows), *out.shape[1:]), rows
             return
         order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
-        second_index = None if second_index is None else second_index.to(self.device)
         for idx in _rank_slices(order, self.batch_size, self.rank, self.world):
-            second = idx if second_index is None else second_index[idx]
             # all views in one call: one set of kernel launches for V x B images
-            out = self.augment(self.images[torch.cat([idx] + [second] * (views - 1))], gen)
+            out = self.augment(self.images[idx.repeat(views)], gen)
             yield out.view(views, len(idx), *out.shape[1:]), idx
 
 

@@ -10,6 +10,26 @@ from torch.utils.data import DataLoader
 from ..data.bundle import EvalDataset, images_as_tensor
 
 
+class PooledFeatures(torch.nn.Module):
+    """An ``EmbeddingNet`` read at its backbone: image -> L2-normalised pooled features (``eval.features=pooled``,
+    the layer SimCLR, MoCo and BYOL evaluate)."""
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.network.pooled(x).float(), dim=1)
+
+
+def evaluation_network(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """What ``embed``, ``index`` and ``search`` run: ``model`` itself (its L2-normalised embedding), or its pooled
+    features when ``eval.features`` (or, with ``auto``, the run's method) says so."""
+    from ..methods import evaluation_features
+
+    return PooledFeatures(model).eval() if evaluation_features(cfg) == "pooled" else model
+
+
 @torch.no_grad()
 def _embed_batches(model, batches, device, pooled: bool, autocast_dtype, channels_last: bool = False):
     """Run ``model`` (or its pooled backbone) in eval mode over an iterable of float input batches;

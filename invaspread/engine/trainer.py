@@ -2,34 +2,34 @@
 evaluation, checkpoints. It knows no method by name (see ``invaspread.methods.base`` for the contract).
 
 A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON line per
-evaluated or trained epoch) and ``last.pt`` (written atomically after every epoch: the encoder under
-"model", the method's own state under "method", optimizer, RNG, config). ``fit(..., resume=True)``
-continues a run from ``last.pt`` exactly where it stopped.
+evaluated or trained epoch) and ``last.pt`` (written atomically after every epoch; ``reporter``).
+``fit(..., resume=True)`` continues a run from ``last.pt`` exactly where it stopped.
 """
 
 from __future__ import annotations
 
-import errno
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from ..config import (Config, ConfigError, InvaspreadError, completed, from_dict, parse_override, save_config,
+from ..config import (RESUMABLE_KEYS, Config, ConfigError, InvaspreadError, completed, from_dict, parse_override,
                       set_key, validate)
 from ..data.datasets import build_data
 from ..methods import build_method
 from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
-from .checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_network, save_checkpoint
-from .evaluation import evaluate, resolve_protocol
+from .checkpoint import load_checkpoint, load_network
+from .evaluation import resolve_protocol
 from .features import source_features
+from .reporter import Reporter, Silent
 from .run_folder import RunFolder
-from .tensorboard import ScalarLog, summary_writer_class
+from .tensorboard import summary_writer_class
 
 
 class DivergedError(InvaspreadError):
@@ -68,16 +68,18 @@ def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
     return lr
 
 
-def train_step(method, optimizer, views, index, bf16: bool, runner=None) -> torch.Tensor:
+def train_step(method, optimizer, views, index, bf16: bool, runner=None, step: int = 1,
+               total_steps: int = 1) -> torch.Tensor:
     """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast on CUDA.
-    ``runner``: the method wrapped in ``DistributedDataParallel`` under torchrun."""
+    ``runner``: the method wrapped in ``DistributedDataParallel`` under torchrun; ``step`` / ``total_steps``:
+    the run's step count after this step and its planned total (``Method.after_step``)."""
     device_type = views.device.type
     with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
         loss = (runner or method)(views, index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    method.after_step()
+    method.after_step(step, total_steps)
     return loss.detach()
 
 
@@ -109,17 +111,7 @@ def load_encoder_weights(model, path) -> None:
     load_network(model, load_checkpoint(Path(path).expanduser())["model"], f"model.init_from={path}")
 
 
-def _rng_state(device):
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-# what may change when a run is resumed: its length, where its data lives, the lr (after a divergence), and
-# settings that do not change what is computed; anything else would make the run a different one
-RESUME_OVERRIDES = ("train.epochs", "optim.lr", "data.root", "data.test_root", "data.cache_dir", "data.num_workers",
-                    "train.device", "train.progress", "eval.batch_size", "train.tensorboard", "eval.protocol", "eval.nmi_average")
+RESUME_OVERRIDES = RESUMABLE_KEYS   # the one list (``config.RESUMABLE_KEYS``), under the name callers know
 
 
 def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
@@ -155,41 +147,53 @@ def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
     return cfg
 
 
+@dataclass
+class Run:
+    """Everything one training run holds while it trains (built by ``_build``)."""
+
+    cfg: Config
+    device: torch.device
+    bundle: object
+    method: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: object
+    runner: Optional[torch.nn.Module]   # the method under DistributedDataParallel (torchrun), else None
+    start_epoch: int
+    steps_done: int                     # optimizer steps of the run so far (``Method.after_step``)
+    show_progress: bool
+    last: dict                          # the last metrics line
+
+
 def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str], None] = print,
         use_existing_folder: bool = False, overrides=()) -> dict:
     """Train (or resume) a run of ``cfg.method`` in ``out_dir``; returns the last metrics line.
     ``use_existing_folder``: a new run may write beside foreign files of a non-empty ``out_dir``.
     ``overrides`` ("key=value", resume only): the changes of ``RESUME_OVERRIDES``, recorded in the folder."""
-    out_dir = Path(out_dir)
-    state = None
+    out_dir, state = Path(out_dir), None
     if resume:
         state = load_checkpoint(out_dir)
         RunFolder.check_identity(out_dir, state)   # a copied-in last.pt is refused before anything else
         cfg = resumed_config(state, out_dir, overrides)
         state["overrides"] = list(overrides or [])
     device, started_group = start_from_environment(resolve_device(cfg.train.device))   # torchrun: join the group
-    main_process = world()[0] == 0   # under torchrun rank 0 alone owns the run folder and prints
-    if not main_process:
-        log = _silent
-    elif not resume:
+    main = world()[0] == 0   # under torchrun rank 0 alone owns the run folder and prints
+    if main and not resume:
         RunFolder.check_new(out_dir, use_existing_folder)   # before any work
-    if main_process and cfg.train.tensorboard:
+    if main and cfg.train.tensorboard:
         summary_writer_class()   # a missing package is said before any work
     try:
-        return _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log)
+        run = _build(cfg, state, device, out_dir, log if main else Silent().log)
+        reporter = Reporter.open(cfg, out_dir, state, use_existing_folder, log) if main else Silent()
+        with reporter:
+            return _train(run, reporter)
     finally:
         if started_group:
             torch.distributed.destroy_process_group()
 
 
-def _silent(_: str) -> None:
-    pass
-
-
-def _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log) -> dict:
-    cuda = device.type == "cuda"
+def _build(cfg: Config, state: Optional[dict], device: torch.device, out_dir: Path, log) -> Run:
+    """Data, network, method, optimizer and batches of a run, restored from ``state`` when resuming."""
     torch.manual_seed(cfg.train.seed)
-
     # a bar redrawn with carriage returns only helps a terminal; redirected logs get the epoch lines alone
     show_progress = cfg.train.progress and sys.stderr.isatty()
     bundle = build_data(cfg.data, progress=show_progress)
@@ -197,10 +201,38 @@ def _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log) ->
     model = build_model(cfg.model)
     if cfg.model.init_from and state is None:
         load_encoder_weights(model, cfg.model.init_from)
-    method = build_method(cfg, model, len(bundle.train)).to(device)
-    channels_last = cuda and cfg.train.channels_last
+    method = _placed_method(cfg, build_method(cfg, model, len(bundle.train)), device)
+    optimizer = build_optimizer(method.parameter_groups(), cfg.optim)
+    start_epoch, steps_done, last = 0, 0, {}
+    if state is not None:
+        load_method_state(method, state)
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, last = int(state["epoch"]), dict(state.get("metrics", {}))
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        log(f"resuming {out_dir} after epoch {start_epoch}/{cfg.train.epochs}")
+    if cfg.train.compile and device.type == "cuda":
+        for network in method.networks():
+            network.compile()  # in place: state_dict keys stay those of the plain module
+    batches = (make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size,
+                            device) if cfg.train.epochs > start_epoch else None)
+    if state is not None:   # runs saved before the count was kept: every epoch had the same number of steps
+        steps_done = int(state.get("schedule", {}).get("steps_done", start_epoch * (len(batches) if batches else 0)))
+    runner = None
+    if world()[1] > 1:  # parameters and buffers start as rank 0's; banks, clusters, plans are synchronised apart
+        runner = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.index is not None
+                                                           else None, broadcast_buffers=False)
+    return Run(cfg, device, bundle, method, optimizer, batches, runner, start_epoch, steps_done, show_progress, last)
+
+
+def _placed_method(cfg: Config, method, device: torch.device):
+    """The method on ``device``, its networks in the memory format and BatchNorm mode the config asks for."""
+    method = method.to(device)
+    channels_last = device.type == "cuda" and cfg.train.channels_last
     if channels_last:
-        method.encoder.to(memory_format=torch.channels_last)
+        for network in method.networks():
+            network.to(memory_format=torch.channels_last)
     fine_tuning = cfg.model.pretrained or cfg.model.init_from is not None
     frozen_bn = fine_tuning if cfg.model.frozen_bn is None else cfg.model.frozen_bn
     method.configure_forward(torch.channels_last if channels_last else torch.contiguous_format, cfg.model.bn_groups,
@@ -210,181 +242,129 @@ def _fit(cfg, out_dir, state, device, main_process, use_existing_folder, log) ->
                           f"{cfg.train.batch_size} images of a step (method {cfg.method.name})")
     if world()[1] > 1 and cfg.model.sync_bn:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)   # before the optimizer sees parameters
-    optimizer = build_optimizer(method.parameter_groups(), cfg.optim)
-    start_epoch = 0
-    if state is not None:
-        load_method_state(method, state)
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if cuda and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        log(f"resuming {out_dir} after epoch {start_epoch}/{cfg.train.epochs}")
-    if cfg.train.compile and cuda:
-        method.encoder.compile()  # in place: state_dict keys stay those of the plain module
-    epochs = cfg.train.epochs
-    batches = make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size,
-                           device) if epochs > start_epoch else None
-    runner = None
-    if world()[1] > 1:  # parameters and buffers start as rank 0's; banks, clusters, plans are synchronised apart
-        runner = torch.nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if cuda else None,
-                                                           broadcast_buffers=False)
-    if not main_process:
-        return _train(cfg, method, optimizer, batches, bundle, device, None, state, start_epoch, False, log, runner)
-    # the run folder appears only once data, model and batches are built: a bad setting leaves nothing behind;
-    # from here on this process owns it (an exclusive lock) until the run ends
-    folder = RunFolder.reopen(out_dir, state) if state is not None else RunFolder.create(out_dir, use_existing_folder)
-    try:
-        return _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log,
-                      runner)
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):
-            raise
-        then = (f"{out_dir}/last.pt holds the last epoch written: free space or fix permissions, then continue "
-                f"with --resume {out_dir}" if (out_dir / "last.pt").exists() else
-                "no epoch was saved: free space or fix permissions, then train again")
-        raise InvaspreadError(f"cannot write to the run folder {out_dir}: {err.strerror} "
-                              f"({err.filename or 'a file'}); {then}") from err
-    finally:
-        folder.release()
+    return method
 
 
-def _train(cfg, method, optimizer, batches, bundle, device, folder, state, start_epoch, show_progress, log,
-           runner=None) -> dict:
-    """The epochs of ``fit`` in an open, locked run folder (``folder`` None: a torchrun rank other than 0,
-    which trains its share and writes nothing)."""
-    main = folder is not None
-    cuda, epochs = device.type == "cuda", cfg.train.epochs
-    out_dir = folder.path if main else None
-    scalars = None
-    if main:
-        _open_run_files(cfg, folder, state, start_epoch, log)
-        scalars = ScalarLog(out_dir, start_epoch) if cfg.train.tensorboard else None
-    log(f"{cfg.data.name}: {len(bundle.train)} training images, method {cfg.method.name}, {cfg.model.arch} on "
-        f"{device}" + (f", {type(batches).__name__}, {len(batches)} step{'s' * (len(batches) != 1)}/epoch" if batches
-                        else ", no training")
-        + (f", {world()[1]} processes" if world()[1] > 1 else ""))
+def _train(run: Run, report) -> dict:
+    """The epochs of ``fit``: an evaluation of the untrained network first, then train, evaluate, checkpoint."""
+    cfg, epochs = run.cfg, run.cfg.train.epochs
+    report.log(f"{cfg.data.name}: {len(run.bundle.train)} training images, method {cfg.method.name}, "
+               f"{cfg.model.arch} on {run.device}"
+               + (f", {type(run.batches).__name__}, {len(run.batches)} step{'s' * (len(run.batches) != 1)}/epoch"
+                  if run.batches else ", no training")
+               + (f", {world()[1]} processes" if world()[1] > 1 else ""))
+    if run.device.type != "cuda" and epochs > run.start_epoch and len(run.bundle.train) > 20000:
+        report.log(f"note: {len(run.bundle.train)} images on the CPU take an hour or more per epoch at full width on "
+                   f"2 cores (the third step prints the estimate); for a quick look train a subset and a narrower "
+                   f"network, e.g. --set data.subset_per_class=500 --set model.width=16")
+    if run.start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
+        _evaluate_untrained(run, report)
+    for epoch in range(run.start_epoch + 1, epochs + 1):
+        _train_epoch(run, report, epoch)
+    report.close()
+    return run.last
 
-    def write(line: dict):
-        if not main:
-            return
-        folder.append_metrics(line)
-        if scalars is not None:
-            scalars.add(line)
-        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in line.items()}
-        log(" ".join(f"{k}={v}" for k, v in shown.items()))
 
-    def due(epoch: int) -> bool:
-        every = cfg.train.eval_every
-        return epoch == epochs or (every > 0 and epoch % every == 0)
+def _evaluate_untrained(run: Run, report) -> None:
+    result = report.evaluate(run)
+    run.last = {"epoch": 0, **result}
+    if result:
+        report.metrics(run.last)
+    else:
+        report.log("epoch 0: nothing to evaluate (eval.protocol=none, or no labelled test images: for an image folder "
+                   "set data.test_root to a folder of <class>/ sub-folders)")
+    if run.cfg.train.epochs == 0:  # an evaluate-only run (method random) still leaves a checkpoint for eval / embed
+        report.checkpoint(run, 0, run.cfg.optim.lr, run.last)
 
-    def checkpoint(epoch: int, lr: float, last: dict):
-        if not main:
-            return
-        save_checkpoint({"version": CHECKPOINT_VERSION, "model": method.encoder.state_dict(),
-                         "method": method_checkpoint_state(method), "optimizer": optimizer.state_dict(),
-                         "schedule": {"lr": lr, "epochs_done": epoch}, "epoch": epoch, "config": cfg.to_dict(),
-                         "rng": _rng_state(device), "metrics": last, "run_id": folder.run_id,
-                         "world_size": world()[1]}, out_dir / "last.pt")
-        folder.keep_checkpoints(epoch, cfg.train.keep, cfg.train.save_epochs)
+
+def _train_epoch(run: Run, report, epoch: int) -> None:
+    """One epoch: the method's start (clustering, mining: timed apart), the steps, the checks, the metrics line,
+    an evaluation when due, the checkpoint."""
+    cfg = run.cfg
+    t_start = time.perf_counter()
+    plan = _start_epoch(run, epoch)
+    start_seconds = time.perf_counter() - t_start
+    mean_loss, lr, steps, train_seconds = _run_steps(run, report, epoch, plan)
+    _check_finite(run, report, epoch, mean_loss)
+    run.last = {"epoch": epoch, "loss": mean_loss, "lr": lr, "train_seconds": train_seconds,
+                "epoch_start_seconds": start_seconds,
+                "images_per_second": run.method.views * steps * cfg.train.batch_size / train_seconds}
+    every = cfg.train.eval_every
+    if epoch == cfg.train.epochs or (every > 0 and epoch % every == 0):
+        run.last.update(report.evaluate(run, nmi=epoch == cfg.train.epochs))   # rank 0; the others wait at barrier
+    report.metrics(run.last)
+    report.checkpoint(run, epoch, lr, run.last)
+    barrier()
+
+
+def _start_epoch(run: Run, epoch: int) -> Optional[torch.Tensor]:
+    """``on_epoch_start``, rank 0's epoch state for every rank, reinitialised parameters' optimizer state
+    dropped; returns the epoch's plan (None: every instance once, shuffled)."""
+    cfg, method = run.cfg, run.method
 
     def train_features(pooled: bool) -> torch.Tensor:
         """The un-augmented training set through the encoder in eval mode (evaluation transform)."""
-        return source_features(method.encoder, bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std,
-                               cfg.eval.batch_size, device, pooled=pooled)
+        return source_features(method.encoder, run.bundle.train, cfg.data, cfg.augment, run.bundle.mean,
+                               run.bundle.std, cfg.eval.batch_size, run.device, pooled=pooled)
 
-    if not cuda and epochs > start_epoch and len(bundle.train) > 20000:
-        log(f"note: {len(bundle.train)} images on the CPU take an hour or more per epoch at full width on 2 cores "
-            f"(the third step prints the estimate); for a quick look train a subset and a narrower network, e.g. "
-            f"--set data.subset_per_class=500 --set model.width=16")
-    last = {} if state is None else dict(state.get("metrics", {}))
-    if start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0) and main:
-        result = evaluate(method.encoder, bundle, cfg, device, progress=show_progress)
-        last = {"epoch": 0, **result}
-        if result:
-            write(last)
-        else:
-            log("epoch 0: nothing to evaluate (eval.protocol=none, or no labelled test images: for an image folder "
-                "set data.test_root to a folder of <class>/ sub-folders)")
-        if epochs == 0:  # an evaluate-only run (method random) still leaves a checkpoint for eval / embed
-            checkpoint(0, cfg.optim.lr, last)
+    method.on_epoch_start(epoch, train_features)
+    if world()[1] > 1:  # one clustering / mining / plan for all ranks: rank 0's
+        for tensor in method.epoch_state():
+            broadcast_from_main(tensor)
+    for parameter in method.reinitialised_parameters():
+        run.optimizer.state.pop(parameter, None)
+    plan = method.epoch_plan()
+    if plan is not None and run.batches.steps(plan) == 0:
+        raise ConfigError(f"method {cfg.method.name} planned {plan.shape[0]} items for epoch {epoch}, fewer than "
+                          f"train.batch_size={cfg.train.batch_size}")
+    return plan
+
+
+def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
+    """The SGD steps of one epoch; returns (mean loss over steps and ranks, last lr, steps, seconds)."""
     from tqdm.auto import tqdm
 
-    for epoch in range(start_epoch + 1, epochs + 1):
-        t_start = time.perf_counter()
-        method.on_epoch_start(epoch, train_features)   # clustering, mining: timed apart from the steps
-        plan = method.epoch_plan()
-        if world()[1] > 1:  # one clustering / mining / plan for all ranks: rank 0's
-            for tensor in list(method_checkpoint_state(method).values()) + ([] if plan is None else [plan]):
-                broadcast_from_main(tensor)
-        start_seconds = time.perf_counter() - t_start
-        for parameter in method.reinitialised_parameters():
-            optimizer.state.pop(parameter, None)
-        method.train()
-        t0 = time.perf_counter()
-        total_loss = torch.zeros((), device=device)
-        steps = batches.steps(plan)
-        if steps == 0 and plan is not None:
-            raise ConfigError(f"method {cfg.method.name} planned {plan.shape[0]} items for epoch {epoch}, fewer than "
-                              f"train.batch_size={cfg.train.batch_size}")
-        stream = batches.epoch(cfg.train.seed, epoch, method.views, method.second_view_index(), plan)
-        bar = tqdm(stream, total=steps, desc=f"epoch {epoch}/{epochs}", disable=not show_progress, leave=False)
-        for step, (views, index) in enumerate(bar):
-            lr = learning_rate(cfg.optim, epochs, epoch - 1 + step / steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = train_step(method, optimizer, views, index, cfg.train.bf16, runner)
-            total_loss += loss
-            if epoch == start_epoch + 1 and not cuda and step in (0, 2) and steps > 3:
-                # on the CPU, say early what an epoch will cost (the first step also starts the loader)
-                if step == 0:
-                    first_done = time.perf_counter()
-                else:
-                    per_step = (time.perf_counter() - first_done) / 2
-                    log(f"CPU: {per_step:.2f}s per step, about {(first_done - t0 + per_step * (steps - 1)) / 60:.1f} "
-                        f"min per epoch")
-            if show_progress and step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
-        if cuda:
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - t0
-        total_loss = mean_over_ranks(total_loss)       # the mean over ranks: the global batch's loss
-        finite_state = all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point())
-        if not (torch.isfinite(total_loss) and finite_state):
-            what = "the loss" if not torch.isfinite(total_loss) else "the network's weights"
-            advice = (f"{out_dir}/last.pt still holds epoch {epoch - 1}, the last finite one: continue it with a lower "
-                      f"lr, e.g. invaspread train --resume {out_dir} --set optim.lr={cfg.optim.lr / 10:g}"
-                      if main and (out_dir / "last.pt").exists() else
-                      "no checkpoint was written: train again with a lower optim.lr (or a higher temperature)")
-            raise DivergedError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; {advice}")
-        last = {"epoch": epoch, "loss": total_loss.item() / steps, "lr": lr, "train_seconds": train_seconds,
-                "epoch_start_seconds": start_seconds,
-                "images_per_second": method.views * steps * cfg.train.batch_size / train_seconds}
-        if due(epoch) and main:   # under torchrun rank 0 evaluates while the others wait at the barrier
-            last.update(evaluate(method.encoder, bundle, cfg, device, nmi=epoch == epochs, progress=show_progress))
-        write(last)
-        checkpoint(epoch, lr, last)
-        barrier()
-    if scalars is not None:
-        scalars.close()   # every line was flushed when written: an exception before here loses nothing
-    return last
+    cfg, epochs = run.cfg, run.cfg.train.epochs
+    steps = run.batches.steps(plan)
+    total_steps = run.steps_done + (epochs - epoch + 1) * steps   # what the run plans from here, as now configured
+    run.method.train()
+    t0 = time.perf_counter()
+    total_loss = torch.zeros((), device=run.device)
+    stream = run.batches.epoch(cfg.train.seed, epoch, run.method.views, plan)
+    bar = tqdm(stream, total=steps, desc=f"epoch {epoch}/{epochs}", disable=not run.show_progress, leave=False)
+    for step, (views, index) in enumerate(bar):
+        lr = learning_rate(cfg.optim, epochs, epoch - 1 + step / steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        run.steps_done += 1
+        loss = train_step(run.method, run.optimizer, views, index, cfg.train.bf16, run.runner, run.steps_done,
+                          total_steps)
+        total_loss += loss
+        if epoch == run.start_epoch + 1 and run.device.type != "cuda" and step in (0, 2) and steps > 3:
+            # on the CPU, say early what an epoch will cost (the first step also starts the loader)
+            if step == 0:
+                first_done = time.perf_counter()
+            else:
+                per_step = (time.perf_counter() - first_done) / 2
+                report.log(f"CPU: {per_step:.2f}s per step, about {(first_done - t0 + per_step * (steps - 1)) / 60:.1f}"
+                           f" min per epoch")
+        if run.show_progress and step % 20 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    train_seconds = time.perf_counter() - t0
+    return mean_over_ranks(total_loss).item() / steps, lr, steps, train_seconds   # the mean over ranks and steps
 
 
-def _open_run_files(cfg, folder, state, start_epoch, log) -> None:
-    """config.yaml, the resumed run's metrics and overrides, in the folder rank 0 owns."""
-    out_dir = folder.path
-    if state is not None and state["overrides"]:  # last.pt and config.yaml agree on the changed config at once
-        save_checkpoint({**{k: v for k, v in state.items() if k != "overrides"}, "config": cfg.to_dict()},
-                        out_dir / "last.pt")
-    save_config(cfg, out_dir / "config.yaml")
-    if state is not None:
-        # lines of an epoch interrupted after logging but before its checkpoint are set aside, not lost
-        folder.keep_epochs_up_to(start_epoch)
-        if state["overrides"]:
-            folder.record_overrides(start_epoch, state["overrides"])
-            log(f"resumed with {' '.join(state['overrides'])} (recorded in {out_dir / 'overrides.jsonl'})")
-        before, now = int(state.get("world_size", 1)), world()[1]
-        if before != now:   # the global batch is split differently (BatchNorm statistics, per-rank shares)
-            folder.record_overrides(start_epoch, [], processes={"before": before, "now": now})
-            log(f"resumed with {now} process{'es' * (now != 1)} (the run had {before}; recorded in "
-                f"{out_dir / 'overrides.jsonl'})")
+def _check_finite(run: Run, report, epoch: int, mean_loss: float) -> None:
+    """A NaN or infinite loss or state stops the run before the epoch is saved, saying how to continue."""
+    finite_state = all(torch.isfinite(t).all() for t in run.method.state_dict().values() if t.is_floating_point())
+    if math.isfinite(mean_loss) and finite_state:
+        return
+    what = "the loss" if not math.isfinite(mean_loss) else "the network's weights"
+    out_dir, lr = report.path, run.cfg.optim.lr
+    advice = (f"{out_dir}/last.pt still holds epoch {epoch - 1}, the last finite one: continue it with a lower lr, "
+              f"e.g. invaspread train --resume {out_dir} --set optim.lr={lr / 10:g}"
+              if out_dir is not None and (out_dir / "last.pt").exists() else
+              "no checkpoint was written: train again with a lower optim.lr (or a higher temperature)")
+    raise DivergedError(f"epoch {epoch}: {what} became NaN or infinite, so this epoch is not saved; {advice}")

@@ -1,53 +1,83 @@
-"""The one base class of the compared systems.
+"""The one base class of the compared systems, and its contract with the trainer (version 2).
 
-A method owns the encoder (``EmbeddingNet``: image -> L2-normalised embedding) *and its own state*:
-classifier weights, memory banks, normalising constants are parameters or buffers of the method, so
-the trainer optimises ``method.parameters()`` and checkpoints ``method.state_dict()`` without knowing
-which method it runs, and a resumed run continues with exactly the state it stopped with.
+A method is one file: a ``Method`` subclass and, beside it, its settings dataclass ``Config`` (keys
+``method.NAME.*``; ``Config.check(prefix)`` raises a one-line ``ConfigError`` for a bad value). It is found by name
+in ``invaspread.methods.registry()``: the built-ins of ``METHODS`` plus every entry point of the group
+``invaspread.methods`` (README "Your own method"). It owns the encoder (``EmbeddingNet``: image -> L2-normalised
+embedding) *and its own state* -- classifier weights, memory banks, queues, target networks are parameters,
+buffers or sub-modules of the method -- so the trainer checkpoints ``method.state_dict()`` without knowing which
+method it runs, and a resumed run continues with exactly the state it stopped with.
 
-The trainer optimises ``method.parameter_groups()`` (by default one group: every parameter, with the
-``optim.*`` settings; a method may give some parameters settings of their own, e.g. DeepCluster's classifier).
+The trainer's contract::
 
-The trainer's contract, per epoch::
-
-    method.on_epoch_start(epoch, train_features)       # may embed the un-augmented training set
-    optimizer forgets the state of method.reinitialised_parameters()
-    for views, index in batches.epoch(seed, epoch, method.views, method.second_view_index(),
-                                      method.epoch_plan()):
-        loss = method.training_step(views, index)      # views (V, B, 3, H, W), index (B,)
-        loss.backward(); optimizer.step()
-        method.after_step()                            # state updates that follow the step (memory banks)
+    method = Cls.from_config(cfg, encoder, num_instances)
+    optimizer = SGD(method.parameter_groups())          # groups may carry their own momentum, weight decay, ...
+    per epoch (1-based):
+        method.on_epoch_start(epoch, train_features)     # every rank; may embed the un-augmented training set
+        every tensor of method.epoch_state() <- rank 0's (torchrun: one clustering / mining / plan for all)
+        optimizer forgets the state of method.reinitialised_parameters()
+        for views, index in batches.epoch(seed, epoch, method.views, method.epoch_plan()):
+            loss = method(views, index)                  # training_step: views (V, B, 3, H, W), index (B,)
+            loss.backward(); optimizer.step()
+            method.after_step(step, total_steps)         # banks, queues, EMA targets (global step, planned total)
 
 ``index`` holds instance ids, or, when the method planned the epoch (``epoch_plan``), row ids of its plan.
+Everything a method draws at random per epoch comes from ``epoch_generator(seed, epoch, salt)``, so a resumed run
+repeats an uninterrupted one. Which features ``eval``, ``embed`` and ``index`` read is ``eval.features``; ``auto``
+takes the method's ``eval_features`` ("embedding": the head's output; "pooled": the backbone's pooled features).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import copy
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
-    """A seed for the random draws a method makes at the start of ``epoch`` (clusterings, plans): the same
-    in a resumed run as in an uninterrupted one. ``salt`` separates independent uses within an epoch."""
-    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(salt)) % (2 ** 63)
+    """The one seed formula of the project: the random draws of ``epoch`` (1-based) of a run seeded ``seed`` are
+    the same in a resumed run as in an uninterrupted one. Salt 0 is the batches' (shuffle, augmentation); a
+    method takes salts >= 1 for its own independent draws (clusterings, plans, initialisations)."""
+    return (int(seed) * 1_000_003 + int(epoch) + int(salt) * 2_147_483_647) % (2 ** 63)
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, salt))
 
 
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum x target + (1 - momentum) x online, parameter by parameter (MoCo's key encoder, BYOL's
+    target). Buffers (BatchNorm statistics) are not averaged: the target keeps its own, from its own forwards."""
+    for t, o in zip(target.parameters(), online.parameters()):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+
+
 class Method(nn.Module):
     """Base of every method in ``invaspread.methods.METHODS``.
 
     Class attributes: ``views`` (augmented views per instance in a batch), ``trainable`` (False for
-    a method that only evaluates the network as built).
+    a method that only evaluates the network as built), ``Config`` (its settings dataclass, or None),
+    ``config_section`` (the section of ``method`` holding them when not the registry name: methods that share
+    settings), ``eval_features`` (what ``eval.features=auto`` reads: "embedding" or "pooled").
     """
 
     views: int = 2
     trainable: bool = True
+    Config: Optional[type] = None
+    config_section: Optional[str] = None
+    eval_features: str = "embedding"
+
+    @classmethod
+    def settings_section(cls, name: str) -> str:
+        return cls.config_section or name
+
+    @classmethod
+    def settings(cls, cfg, name: Optional[str] = None):
+        """This method's ``Config`` instance in a resolved config (``cfg.method.<section>``)."""
+        return getattr(cfg.method, cls.settings_section(name or cfg.method.name))
 
     def __init__(self, encoder: nn.Module):
         super().__init__()
@@ -74,15 +104,31 @@ class Method(nn.Module):
         return self
 
     def _batchnorms(self):
-        return [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return [m for net in self.networks() for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-    def embed(self, views: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+    def momentum_copy(self, network: nn.Module) -> nn.Module:
+        """A frozen copy of ``network`` to assign to an attribute (MoCo's key encoder, BYOL's target): no gradient,
+        updated by ``ema_update`` in ``after_step``; saved in the checkpoint with the method's state, and given the
+        encoder's memory format, ``torch.compile`` and BatchNorm handling by the trainer (``networks``)."""
+        target = copy.deepcopy(network)
+        target.requires_grad_(False)
+        target.is_momentum_copy = True
+        return target
+
+    def networks(self) -> List[nn.Module]:
+        """The encoder and every ``momentum_copy`` of the method: what the trainer converts to channels_last and
+        compiles, and whose BatchNorm layers ``frozen_bn`` freezes."""
+        return [self.encoder] + [m for m in self.children() if getattr(m, "is_momentum_copy", False)]
+
+    def embed(self, views: torch.Tensor, normalized: bool = True, network: Optional[nn.Module] = None) -> torch.Tensor:
         """(V, B, 3, H, W) -> (V, B, d): all V x B images in one forward pass, so BatchNorm sees every
         view of the batch together (with ``bn_groups`` > 1: G chunks, see ``configure_forward``).
-        ``normalized=False``: the embedding layer's output before its L2 normalisation."""
+        ``normalized=False``: the embedding layer's output before its L2 normalisation; ``network``: another of
+        ``networks()`` than the encoder (a momentum copy)."""
         v, b = views.shape[:2]
         x = views.reshape(v * b, *views.shape[2:]).contiguous(memory_format=self.input_memory_format)
-        forward = self.encoder if normalized else self.encoder.unnormalized
+        network = self.encoder if network is None else network
+        forward = network if normalized else network.unnormalized
         if self.bn_groups == 1 or not self.training or self.frozen_bn:
             return forward(x).view(v, b, -1)
         if x.shape[0] % self.bn_groups:
@@ -112,30 +158,38 @@ class Method(nn.Module):
         """``training_step``: what ``DistributedDataParallel(method)(views, index)`` runs."""
         return self.training_step(views, index)
 
-    def after_step(self) -> None:
-        """Called after every optimizer step (e.g. to write the step's features into a memory bank)."""
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after every optimizer step (memory banks, queues, EMA targets). ``step``: optimizer steps done in
+        the run, this one included (1-based, counted across resumes: saved in the checkpoint); ``total_steps``:
+        the steps the run plans in all (``train.epochs`` x steps per epoch; extending a run raises it from the
+        resumed epoch on, as it stretches a cosine lr schedule)."""
 
     def on_epoch_start(self, epoch: int, train_features: Callable[[bool], torch.Tensor]) -> None:
         """Called before every epoch (1-based). ``train_features(pooled)`` embeds the un-augmented
         training set in eval mode: (N, d) embeddings, or (N, D) backbone features when pooled."""
-
-    def second_view_index(self) -> Optional[torch.Tensor]:
-        """(N,) int64: the instance whose image views 2..V of instance i are drawn from; None = i itself."""
-        return None
 
     def epoch_plan(self) -> Optional[torch.Tensor]:
         """(L, V) int64, or None for "every instance once, in a random order, all V views of it".
 
         Row l is the l-th item of the epoch, in training order: view v of it is an augmentation of image
         ``plan[l, v]`` (DeepCluster: images sampled uniformly over clusters, V = 1; MOM: mined
-        (anchor, positive, negative) tuples, V = 3). The batches then carry row ids as ``index``.
-        Drawn in ``on_epoch_start`` from generators seeded by (seed, epoch), so resume stays exact."""
+        (anchor, positive, negative) tuples, V = 3; InvaSpread's neighbour positives: (instance, its positive)).
+        The batches then carry row ids as ``index``. Drawn in ``on_epoch_start`` from ``epoch_generator``, so
+        resume stays exact; its shape must not depend on the rank (rank 0's plan is broadcast)."""
         return None
+
+    def epoch_state(self) -> List[torch.Tensor]:
+        """The tensors every rank must hold identically after ``on_epoch_start``: rank 0's are broadcast to the
+        others in place. By default the method's checkpointed state (banks, labels, pools, classifier) and the
+        plan; a method that derives other tensors in ``on_epoch_start`` adds them (MOM's tuple weights)."""
+        state = [t for name, t in self.state_dict(keep_vars=True).items() if not name.startswith("encoder.")]
+        plan = self.epoch_plan()
+        return [t.data if isinstance(t, nn.Parameter) else t for t in state] + ([] if plan is None else [plan])
 
     def parameter_groups(self) -> list:
         """``torch.optim`` parameter groups: ``[{"params": [...], **settings}]``; a group's settings (momentum,
         weight_decay, ...) replace the ``optim.*`` ones for its parameters; the lr schedule applies to all."""
-        return [{"params": list(self.parameters())}]
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]   # not a momentum copy's
 
     def reinitialised_parameters(self) -> list:
         """Parameters that ``on_epoch_start`` just re-initialised (DeepCluster's classifier): the trainer

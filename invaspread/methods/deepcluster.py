@@ -31,14 +31,31 @@ that a flat direction cannot blow up (faiss divides by sqrt(eigenvalue)).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, require_choice, require_positive
 from ..losses import PseudoLabelLoss
 from ..ops import kmeans
 from .base import Method, epoch_generator, epoch_seed
+
+
+@dataclass
+class DeepClusterConfig:
+    """DeepCluster (Caron et al. 2018): k-means pseudo-labels of the embedding, re-clustered every few epochs."""
+
+    clusters: int = 1000  # k of k-means (the paper's rows: 10, 100, 1000)
+    reassign: int = 1  # re-cluster (and re-initialise the classifier) every this many epochs
+    pca_dims: int = 256  # PCA-whitening keeps at most this many dimensions before k-means (DeepCluster: 256)
+    kmeans_iterations: int = 20  # Lloyd iterations per clustering (DeepCluster's faiss niter: 20)
+    classifier_optimizer: str = "reference"  # reference: the classifier's own SGD (no momentum, weight decay 1e-5; deepcluster main.py) | shared: the network's SGD
+
+    def check(self, prefix: str) -> None:
+        require_positive(prefix, self, "clusters", "reassign", "pca_dims", "kmeans_iterations")
+        require_choice(prefix, self, "classifier_optimizer", ("reference", "shared"))
 
 
 def pca_whiten(x: torch.Tensor, dims: int, eps: float = 1e-8) -> torch.Tensor:
@@ -79,6 +96,7 @@ def uniform_cluster_order(labels: torch.Tensor, k: int, length: int, generator: 
 
 class DeepCluster(Method):
     views = 1
+    Config = DeepClusterConfig
 
     def __init__(self, encoder: nn.Module, num_instances: int, embedding_dim: int, clusters: int = 1000,
                  reassign: int = 1, pca_dims: int = 256, kmeans_iterations: int = 20, seed: int = 0,
@@ -98,7 +116,7 @@ class DeepCluster(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        c = cfg.method.deepcluster
+        c = cls.settings(cfg)
         return cls(encoder, num_instances, cfg.model.embedding_dim, c.clusters, c.reassign, c.pca_dims,
                    c.kmeans_iterations, cfg.train.seed, c.classifier_optimizer)
 
@@ -115,7 +133,7 @@ class DeepCluster(Method):
     def cluster(self, features: torch.Tensor, epoch: int) -> torch.Tensor:
         """(N,) pseudo-labels of (N, d) features: PCA-whitening, L2 normalisation, k-means."""
         whitened = pca_whiten(features, self.pca_dims)
-        return kmeans(whitened, self.clusters, seed=epoch_seed(self.seed, epoch), max_iter=self.kmeans_iterations,
+        return kmeans(whitened, self.clusters, seed=epoch_seed(self.seed, epoch, salt=3), max_iter=self.kmeans_iterations,
                       tol=0.0, empty="split")
 
     def on_epoch_start(self, epoch, train_features):
@@ -125,11 +143,11 @@ class DeepCluster(Method):
                 layer = self.encoder.head(train_features(True).to(self.encoder.head.weight.dtype))  # before L2
             self.labels.copy_(self.cluster(layer, epoch).to(self.labels.device))
             weight = torch.empty(self.classifier.weight.shape).normal_(0, 0.01, generator=epoch_generator(
-                self.seed, epoch, salt=1))
+                self.seed, epoch, salt=2))
             with torch.no_grad():
                 self.classifier.weight.copy_(weight)
                 self.classifier.bias.zero_()
-        generator = epoch_generator(self.seed, epoch)
+        generator = epoch_generator(self.seed, epoch, salt=1)
         order = uniform_cluster_order(self.labels, self.clusters, self.labels.shape[0], generator)
         self._order = order[:, None]                                      # (N, 1): one view per item
 

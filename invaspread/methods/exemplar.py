@@ -7,16 +7,32 @@ index with ``ExemplarLoss`` (L2-normalised rows and tau = 0.1 by default; see ``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import require_temperature
 from ..losses import ExemplarLoss
 from .base import Method
 
 
+@dataclass
+class ExemplarConfig:
+    """Exemplar CNN (Dosovitskiy et al.; paper Eq. 1): a learned weight row per training instance."""
+
+    temperature: float = 0.1  # softmax temperature over the n instance weights
+    normalize_weights: bool = True  # L2-normalise the rows of W (cosine classifier); false: plain w_i . f logits
+    literal: bool = False  # Eq. 1 as printed: exp(w_i . f) over raw rows, no temperature (ignores the two keys above)
+
+    def check(self, prefix: str) -> None:
+        require_temperature(f"{prefix}.temperature", self.temperature)
+
+
 class Exemplar(Method):
     views = 2
+    Config = ExemplarConfig
 
     def __init__(self, encoder: nn.Module, num_instances: int, embedding_dim: int, temperature: float = 0.1,
                  normalize_weights: bool = True, literal: bool = False):
@@ -27,7 +43,7 @@ class Exemplar(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        c = cfg.method.exemplar
+        c = cls.settings(cfg)
         return cls(encoder, num_instances, cfg.model.embedding_dim, c.temperature, c.normalize_weights, c.literal)
 
     def training_step(self, views, index):

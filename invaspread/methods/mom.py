@@ -31,17 +31,45 @@ without a positive or a negative are not drawn (the reference would fail on them
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, require, require_choice, require_positive
 from ..losses import WeightedTripletLoss
 from ..ops.manifold import (largest_component, local_maxima, manifold_similarity_chunks, mutual_knn_graph,
                             normalized_affinity, sparse_matrix, stationary_distribution)
 from .base import Method, epoch_generator
+
+
+@dataclass
+class MOMConfig:
+    """Mining on Manifolds (Iscen et al. 2018): triplets mined from a kNN graph's manifold similarity."""
+
+    features: str = "pooled"  # mine on "pooled" backbone features (the reference's descriptors) or the "embedding"
+    graph_neighbours: int = 30  # k of the mutual kNN graph (reference: 30)
+    similarity_power: float = 3.0  # edge weight = similarity ** power (reference: 3)
+    alpha: float = 0.99  # random-walk restart: f = (I - alpha S)^-1 e_anchor (reference: 0.99)
+    cg_iterations: int = 20  # conjugate-gradient iterations per anchor (reference's pcg: 20)
+    anchors: str = "all"  # "all" images (reference's fine-grained setup) | "local_max" of the random walk (retrieval)
+    num_anchors: int = 1500  # anchors=local_max: keep the strongest this many (reference: 1500)
+    positive_k: int = 50  # positives: manifold top-k that are not Euclidean top-k (reference: 50)
+    negative_k: int = 100  # negatives: Euclidean top-k that are not manifold top-k (reference, CUB: 100)
+    pool_size: int = 50  # keep at most this many positives / negatives per anchor (reference: 50)
+    negative_candidates: int = 10  # a tuple's negative: uniform among the pool's this-many closest (reference: 10)
+    margin: float = 0.5  # m of max(0, m + d2(a, p) - d2(a, n)) (reference: 0.5)
+    remine_every: int = 0  # mine again every E epochs; 0 = once, from the initial network (the paper's MOM)
+
+    def check(self, prefix: str) -> None:
+        require_choice(prefix, self, "features", ("pooled", "embedding"))
+        require_choice(prefix, self, "anchors", ("all", "local_max"))
+        require_positive(prefix, self, "graph_neighbours", "similarity_power", "cg_iterations", "num_anchors",
+                         "positive_k", "negative_k", "pool_size", "negative_candidates", "margin")
+        require(0 < self.alpha < 1, f"{prefix}.alpha", self.alpha, "0 < alpha < 1")
+        require(self.remine_every >= 0, f"{prefix}.remine_every", self.remine_every, "0 (mine once) or more")
 
 
 def _first_kept(candidates: torch.Tensor, keep: torch.Tensor, values: torch.Tensor, size: int):
@@ -162,10 +190,11 @@ def draw_tuples(pools: Dict[str, torch.Tensor], embedding: torch.Tensor, count: 
 
 class MOM(Method):
     views = 3  # anchor, positive, negative
+    Config = MOMConfig
 
     def __init__(self, encoder: nn.Module, num_instances: int, settings, seed: int = 0):
         super().__init__(encoder)
-        self.settings, self.seed = settings, int(seed)
+        self.options, self.seed = settings, int(seed)
         self.loss = WeightedTripletLoss(settings.margin)
         p = settings.pool_size
         # the mined pools are buffers: checkpointed, so a resumed run trains on the same tuples
@@ -178,14 +207,14 @@ class MOM(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        return cls(encoder, num_instances, cfg.method.mom, cfg.train.seed)
+        return cls(encoder, num_instances, cls.settings(cfg), cfg.train.seed)
 
     def _pools(self):
         return {"anchor": self.anchor, "positives": self.positives, "positive_weights": self.positive_weights,
                 "negatives": self.negatives}
 
     def on_epoch_start(self, epoch, train_features):
-        c = self.settings
+        c = self.options
         due = int(self.mined_at_epoch) == 0 or (c.remine_every > 0 and (epoch - 1) % c.remine_every == 0)
         if due:
             mined = mine_pools(train_features(c.features == "pooled"), c.graph_neighbours, c.similarity_power,
@@ -196,11 +225,14 @@ class MOM(Method):
             self.mined_at_epoch.fill_(epoch)
         embedding = train_features(False)
         self._plan, weights = draw_tuples(self._pools(), embedding, self.anchor.shape[0], c.negative_candidates,
-                                          epoch_generator(self.seed, epoch))
+                                          epoch_generator(self.seed, epoch, salt=1))
         self._weights = weights.to(self.positive_weights.device)
 
     def epoch_plan(self):
         return self._plan
+
+    def epoch_state(self) -> List[torch.Tensor]:
+        return super().epoch_state() + [self._weights]   # derived with the plan: rank 0's for every rank
 
     def training_step(self, views, rows):
         z = self.embed(views)                                                    # (3, B, d)

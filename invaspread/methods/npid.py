@@ -13,15 +13,42 @@ entries, rows of norm about 1, not normalised).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import require, require_positive, require_temperature
 from ..losses import NCELoss, NPSoftmaxLoss, estimate_nce_z
 from ..ops.distributed import gather_rows, mean_over_ranks
 from .base import Method
+
+
+@dataclass
+class NPSoftmaxConfig:
+    """Non-parametric softmax over a memory bank (Wu et al. 2018; paper Eq. 2)."""
+
+    temperature: float = 0.1  # softmax temperature over the n bank entries
+    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
+
+    def check(self, prefix: str) -> None:
+        require_temperature(f"{prefix}.temperature", self.temperature)
+        require(0 <= self.momentum < 1, f"{prefix}.momentum", self.momentum, "0 <= momentum < 1")
+
+
+@dataclass
+class NCEConfig(NPSoftmaxConfig):
+    """Noise-contrastive estimation over the same memory bank (Wu et al. 2018)."""
+
+    temperature: float = 0.1  # tau of P(i | f) = exp(v_i . f / tau) / Z
+    momentum: float = 0.5  # bank update v_i <- normalise(m v_i + (1 - m) f_i)
+    noise: int = 4096  # K noise entries drawn uniformly per instance and step
+
+    def check(self, prefix: str) -> None:
+        super().check(prefix)
+        require_positive(prefix, self, "noise")
 
 
 class MemoryBank(nn.Module):
@@ -47,7 +74,7 @@ class _BankMethod(Method):
         self.bank = MemoryBank(num_instances, embedding_dim, momentum)
         self._pending: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
-    def after_step(self):
+    def after_step(self, step, total_steps):
         # the loss of this step read the bank (its backward needs it unchanged): update only now, with every
         # rank's rows under torchrun, so that the banks stay identical on all ranks
         if self._pending is not None:
@@ -64,13 +91,15 @@ class _BankMethod(Method):
 class NPSoftmax(_BankMethod):
     """Non-parametric softmax over all n bank entries (``NPSoftmaxLoss``)."""
 
+    Config = NPSoftmaxConfig
+
     def __init__(self, encoder, num_instances, embedding_dim, temperature=0.1, momentum=0.5):
         super().__init__(encoder, num_instances, embedding_dim, momentum)
         self.loss = NPSoftmaxLoss(temperature)
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        c = cfg.method.npsoftmax
+        c = cls.settings(cfg)
         return cls(encoder, num_instances, cfg.model.embedding_dim, c.temperature, c.momentum)
 
     def training_step(self, views, index):
@@ -83,6 +112,8 @@ class NCE(_BankMethod):
     ``z`` (a buffer, -1 until set) is the normalising constant, estimated from the first batch.
     """
 
+    Config = NCEConfig
+
     def __init__(self, encoder, num_instances, embedding_dim, temperature=0.1, momentum=0.5, noise=4096):
         super().__init__(encoder, num_instances, embedding_dim, momentum)
         self.loss = NCELoss(temperature)
@@ -92,7 +123,7 @@ class NCE(_BankMethod):
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        c = cfg.method.nce
+        c = cls.settings(cfg)
         return cls(encoder, num_instances, cfg.model.embedding_dim, c.temperature, c.momentum, c.noise)
 
     def training_step(self, views, index):

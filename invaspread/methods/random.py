@@ -7,7 +7,7 @@ from .base import Method
 
 
 class RandomNetwork(Method):
-    trainable = False
+    trainable = False   # Config None: no settings
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):

@@ -3,16 +3,31 @@ positives are the other view of the same instance, negatives a random or the clo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
+from ..config import require_positive
 from ..losses import TripletLoss
 from ..ops.distributed import world
 from .base import Method
 
 
+@dataclass
+class TripletConfig:
+    """Triplet loss over the batch's two views (methods triplet and triplet_hard share these settings)."""
+
+    margin: float = 0.5  # m of max(0, d(a, p) - d(a, n) + m) (paper Section 4.1: 0.5)
+
+    def check(self, prefix: str) -> None:
+        require_positive(prefix, self, "margin")
+
+
 class Triplet(Method):
     views = 2
     negatives = "random"
+    Config = TripletConfig
+    config_section = "triplet"   # triplet_hard reads method.triplet too
 
     def __init__(self, encoder: nn.Module, margin: float = 0.5):
         super().__init__(encoder)
@@ -21,7 +36,7 @@ class Triplet(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        return cls(encoder, cfg.method.triplet.margin)
+        return cls(encoder, cls.settings(cfg).margin)
 
     def training_step(self, views, index):
         z = self.embed(views)                                  # (2, B, d)

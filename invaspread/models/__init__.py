@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .embedding import EmbeddingNet
+from .embedding import EmbeddingNet, make_head
 from .resnet_cifar import CifarResNet
 from .torchvision_nets import PretrainedWeightsUnavailable, inception_v1_backbone, resnet_backbone
 
@@ -28,7 +28,7 @@ def build_model(cfg) -> EmbeddingNet:
     if cfg.arch not in BACKBONES:
         raise ValueError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(BACKBONES)}")
     backbone, feature_dim = BACKBONES[cfg.arch](cfg)
-    return EmbeddingNet(backbone, feature_dim, cfg.embedding_dim)
+    return EmbeddingNet(backbone, feature_dim, cfg.embedding_dim, cfg.head, cfg.head_hidden)
 
 
-__all__ = ["BACKBONES", "CifarResNet", "EmbeddingNet", "PretrainedWeightsUnavailable", "build_model"]
+__all__ = ["BACKBONES", "CifarResNet", "EmbeddingNet", "make_head", "PretrainedWeightsUnavailable", "build_model"]

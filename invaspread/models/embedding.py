@@ -7,6 +7,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def make_head(kind: str, feature_dim: int, embedding_dim: int, hidden: int = 2048) -> nn.Module:
+    """``model.head``: "linear" (the paper's fc layer), "mlp" (Linear-ReLU-Linear: the projector of SimCLR and
+    MoCo v2), "mlp_bn" (Linear-BatchNorm-ReLU-Linear: BYOL's projector)."""
+    if kind == "linear":
+        return nn.Linear(feature_dim, embedding_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embedding_dim))
+    if kind == "mlp_bn":
+        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                             nn.Linear(hidden, embedding_dim))
+    raise ValueError(f"model.head={kind!r}: expected linear, mlp or mlp_bn")
+
+
 class EmbeddingNet(nn.Module):
     """f_theta: image -> L2-normalised d-dimensional embedding.
 
@@ -14,10 +27,11 @@ class EmbeddingNet(nn.Module):
     features (B, backbone.out_features) before the head, used e.g. for neighbour mining on pool5.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, embedding_dim: int = 128):
+    def __init__(self, backbone: nn.Module, feature_dim: int, embedding_dim: int = 128, head: str = "linear",
+                 hidden: int = 2048):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(feature_dim, embedding_dim)
+        self.head = make_head(head, feature_dim, embedding_dim, hidden)
         self.embedding_dim = embedding_dim
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:

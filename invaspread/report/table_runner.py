@@ -17,23 +17,25 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..atomic import atomic_file
-from ..config import (Config, ConfigError, InvaspreadError, completed, load_config, parse_override,
-                      resolve_config_path)
+from ..config import (SAME_RESULT_KEYS, Config, ConfigError, InvaspreadError, completed, load_config,
+                      parse_override, resolve_config_path)
 from ..engine.trainer import DivergedError
 from ..locks import Lock, LockBusy
 from ..outputs import check_out
-from .paper_tables import TABLES, PaperTable, Row
+from .paper_tables import EXTENDED, TABLES, PaperTable, Row
 
 # keys that may differ between a row's folder and the row as asked now: where data lives, how long it trains
 # (a finished shorter row is extended), and settings that do not change what is computed
-VOLATILE = ("train.epochs", "data.root", "data.test_root", "data.cache_dir", "data.num_workers", "train.device",
-            "train.progress", "eval.batch_size", "train.tensorboard")
+VOLATILE = SAME_RESULT_KEYS
 
 
-def get_table(number: int) -> PaperTable:
-    if number not in TABLES:
-        raise ConfigError(f"table {number}: the paper has Tables {', '.join(map(str, TABLES))}")
-    return TABLES[number]
+def get_table(number) -> PaperTable:
+    """The paper's Table ``number`` (1-8), or an extended one ("1x": Table 1 with SimCLR, MoCo v2, BYOL)."""
+    tables = {**{str(k): t for k, t in TABLES.items()}, **EXTENDED}
+    if str(number) not in tables:
+        raise ConfigError(f"table {number}: the paper has Tables {', '.join(map(str, TABLES))}; extended: "
+                          f"{', '.join(EXTENDED)}")
+    return tables[str(number)]
 
 
 def row_overrides(row: Row, data_dir: Optional[str], epochs: Optional[int], sets: Sequence[str]) -> List[str]:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import InvaspreadError
 from ..engine.checkpoint import load_run
+from ..engine.features import evaluation_network
 from ..locks import held
 from ..outputs import check_new_path, check_out, new_folder, publish_folder
 from ..data.sources import DataError, FileImages, scan_image_folder
@@ -128,13 +129,14 @@ def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_siz
 
     loader = DataLoader(_Readable(paths, run_eval_transform(cfg)), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate)
+    features = evaluation_network(model, cfg)
     kept, skipped, dim, started = [], [], None, time.perf_counter()
     with open(building / "embeddings.f32", "wb") as vectors, torch.no_grad():
         for indices, batch, failed in tqdm(loader, desc="index", unit="batch", disable=not progress):
             skipped += [{"path": paths[i], "error": err} for i, err in failed]
             if batch is None:
                 continue
-            z = torch.nn.functional.normalize(model(batch.to(dev)).float(), dim=1).cpu().numpy()
+            z = torch.nn.functional.normalize(features(batch.to(dev)).float(), dim=1).cpu().numpy()
             refuse_non_finite(z, [paths[i] for i in indices], f"the network of {run} (epoch {state['epoch']})")
             dim = z.shape[1]
             vectors.write(np.ascontiguousarray(z, dtype=np.float32).tobytes())
@@ -222,7 +224,7 @@ class SearchIndex:
         from ..data.transforms import run_eval_transform
 
         cfg, _, model, dev = load_run(self.folder / "model.pt", [f"train.device={device}"] if device else [])
-        transform = run_eval_transform(cfg)
+        features, transform = evaluation_network(model, cfg), run_eval_transform(cfg)
         for f in files:
             if not Path(f).is_file():
                 raise InvaspreadError(f"query {f}: no such file")
@@ -230,7 +232,7 @@ class SearchIndex:
         with torch.no_grad():
             for start in range(0, len(source), 256):
                 x = torch.stack([transform(source.image(i)) for i in range(start, min(start + 256, len(source)))])
-                z = torch.nn.functional.normalize(model(x.to(dev)).float(), dim=1).cpu().numpy()
+                z = torch.nn.functional.normalize(features(x.to(dev)).float(), dim=1).cpu().numpy()
                 refuse_non_finite(z, list(files)[start:start + 256], f"the network of {self.folder}")
                 out.append(z)
         return np.concatenate(out)

@@ -1,0 +1,68 @@
+"""BYOL (Grill et al., NeurIPS 2020): the online network (encoder with an MLP projector, ``model.head=mlp_bn``,
+then a predictor) regresses the projection of the other view by a target network, the encoder's exponential
+moving average; no negatives (``BYOLLoss``, symmetrised over the two views: Eq. 2-3).
+
+The target's momentum follows BYOL's cosine schedule over the run's planned steps (``after_step``):
+tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2, from tau_base at the first step to 1 at the last.
+
+The authors' settings (ImageNet): ResNet-50, projector and predictor 4096 -> 256 with BatchNorm, tau_base 0.996,
+LARS lr 0.2 x batch/256, weight decay 1.5e-6, 300-1000 epochs. Named differences: SGD instead of LARS; the
+configured backbone (ResNet-18 with a 3x3 stem in ``configs/byol_cifar10.yaml``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..config import require, require_positive
+from ..losses import BYOLLoss
+from ..models import make_head
+from .base import Method, ema_update
+
+
+@dataclass
+class BYOLConfig:
+    """BYOL: predictor and the target's momentum."""
+
+    momentum: float = 0.996  # tau_base of the target's cosine momentum schedule (BYOL: 0.996)
+    predictor_hidden: int = 4096  # hidden width of the predictor MLP (BYOL: 4096)
+
+    def check(self, prefix: str) -> None:
+        require(0 <= self.momentum <= 1, f"{prefix}.momentum", self.momentum, "0 <= momentum <= 1")
+        require_positive(prefix, self, "predictor_hidden")
+
+
+def target_momentum(base: float, step: int, total_steps: int) -> float:
+    """BYOL's schedule: ``base`` before the first step, 1 at the last (``step`` 0..``total_steps``)."""
+    return 1 - (1 - base) * (math.cos(math.pi * min(step / max(total_steps, 1), 1.0)) + 1) / 2
+
+
+class BYOL(Method):
+    views = 2
+    Config = BYOLConfig
+    eval_features = "pooled"
+
+    def __init__(self, encoder, embedding_dim: int, momentum: float = 0.996, predictor_hidden: int = 4096):
+        super().__init__(encoder)
+        self.target = self.momentum_copy(encoder)
+        self.predictor = make_head("mlp_bn", embedding_dim, embedding_dim, predictor_hidden)
+        self.loss, self.base_momentum = BYOLLoss(), float(momentum)
+
+    @classmethod
+    def from_config(cls, cfg, encoder, num_instances):
+        c = cls.settings(cfg)
+        return cls(encoder, cfg.model.embedding_dim, c.momentum, c.predictor_hidden)
+
+    def training_step(self, views, index):
+        v, b = views.shape[:2]
+        projections = self.embed(views, normalized=False)                      # (2, B, d) online
+        predictions = self.predictor(projections.flatten(0, 1)).view(v, b, -1)
+        with torch.no_grad():                                                  # targets: BYOL's stop-gradient
+            targets = self.embed(views, normalized=False, network=self.target)  # (2, B, d)
+        return self.loss(predictions[0], targets[1]) + self.loss(predictions[1], targets[0])
+
+    def after_step(self, step, total_steps):
+        ema_update(self.target, self.encoder, target_momentum(self.base_momentum, step, total_steps))
