@@ -123,3 +123,82 @@ def test_a_deepcluster_run_saved_before_the_switch_resumes_as_it_trained(tmp_pat
     fit(None, run, resume=True, overrides=["train.epochs=2"], log=lambda _: None)
     assert load_checkpoint(run)["epoch"] == 2
     assert len(load_checkpoint(run)["optimizer"]["param_groups"]) == 1
+
+
+def test_rmac_regions_follow_tolias_et_al():
+    from invaspread.ops.rmac import rmac_regions
+
+    # 7 x 7, L = 3 (worked by hand from rmac_regions.m): the whole map; 2 x 2 of side 4 at 0 / 3; 3 x 3 of side 3
+    # at 0 / 2 / 4
+    assert rmac_regions(7, 7) == [(0, 0, 7)] + [(t, l, 4) for t in (0, 3) for l in (0, 3)] + \
+        [(t, l, 3) for t in (0, 2, 4) for l in (0, 2, 4)]
+    # 7 x 10: the overlap rule adds one region along the longer side at every level
+    assert rmac_regions(7, 10)[:2] == [(0, 0, 7), (0, 3, 7)]
+    assert [r for r in rmac_regions(7, 10) if r[2] == 4] == [(t, l, 4) for t in (0, 3) for l in (0, 3, 6)]
+
+
+def test_rmac_descriptors_equal_a_float64_loop_of_the_recipe():
+    """Regions max-pooled and L2-normalised at every scale, PCA-whitened over all region vectors of the set,
+    normalised, summed, normalised: against numpy in float64 (compared through the descriptors' Gram matrix,
+    which the eigenvectors' arbitrary signs leave unchanged)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from invaspread.models import CifarResNet
+    from invaspread.ops.rmac import rmac_descriptors, rmac_regions
+
+    torch.manual_seed(0)
+    backbone = CifarResNet(width=4).eval()
+    images = torch.randn(12, 3, 32, 32)
+    scales, dims = (1.0, 0.7071, 0.5), 8
+
+    def train_features(pooled, network=None):
+        with torch.no_grad():
+            return network(images)
+
+    ours = rmac_descriptors(train_features, backbone, dims, scales, levels=3).double().numpy()
+    per_image = []
+    with torch.no_grad():
+        for s in scales:
+            x = images if s == 1 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+            fmap = backbone.stages(backbone.stem(x)).double().numpy()            # (B, C, H, W), no hook
+            vectors = []
+            for t, left, side in rmac_regions(fmap.shape[2], fmap.shape[3]):
+                v = fmap[:, :, t:t + side, left:left + side].max(axis=(2, 3))
+                vectors.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+            per_image.append(np.stack(vectors, axis=1))                          # (B, R_s, C)
+    regions = np.concatenate(per_image, axis=1)                                   # (B, R, C)
+    flat = regions.reshape(-1, regions.shape[2])
+    mean = flat.mean(0)
+    values, vecs = np.linalg.eigh(np.cov(flat, rowvar=False, bias=True))
+    order = np.argsort(values)[::-1][:dims]
+    projection = vecs[:, order] / np.sqrt(values[order] + 1e-8 * values[order[0]])
+    whitened = (regions - mean) @ projection
+    whitened /= np.linalg.norm(whitened, axis=2, keepdims=True)
+    reference = whitened.sum(1)
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    assert ours.shape == (12, dims)
+    np.testing.assert_allclose(ours @ ours.T, reference @ reference.T, atol=1e-4)
+
+
+def test_mom_rows_mine_on_rmac_and_the_method_runs_it():
+    from invaspread.methods import build_method
+    from invaspread.models import build_model
+
+    for name in ("mom_cub200", "mom_cars196", "mom_sop"):
+        c = load_config(resolve_config_path(name)).method.mom
+        assert (c.features, c.rmac_dims, c.rmac_levels) == ("rmac", 512, 3)
+    cfg = load_config(None, ["method.name=mom", "model.width=4", "method.mom.features=rmac", "method.mom.rmac_dims=8",
+                             "method.mom.graph_neighbours=4", "method.mom.positive_k=4", "method.mom.negative_k=8",
+                             "method.mom.pool_size=4"])
+    method = build_method(cfg, build_model(cfg.model), 40)
+    images = torch.randn(40, 3, 32, 32)
+    calls = []
+
+    def train_features(pooled, network=None):
+        calls.append(type(network).__name__)
+        with torch.no_grad():
+            return (network or method.encoder)(images)
+
+    method.on_epoch_start(1, train_features)
+    assert calls == ["RMAC", "RMAC", "NoneType"] and bool(method.anchor.any())

@@ -302,10 +302,11 @@ def _start_epoch(run: Run, epoch: int) -> Optional[torch.Tensor]:
     dropped; returns the epoch's plan (None: every instance once, shuffled)."""
     cfg, method = run.cfg, run.method
 
-    def train_features(pooled: bool) -> torch.Tensor:
-        """The un-augmented training set through the encoder in eval mode (evaluation transform)."""
-        return source_features(method.encoder, run.bundle.train, cfg.data, cfg.augment, run.bundle.mean,
-                               run.bundle.std, cfg.eval.batch_size, run.device, pooled=pooled)
+    def train_features(pooled: bool, network: Optional[torch.nn.Module] = None) -> torch.Tensor:
+        """The un-augmented training set through the encoder (or ``network``) in eval mode (evaluation
+        transform)."""
+        return source_features(network or method.encoder, run.bundle.train, cfg.data, cfg.augment, run.bundle.mean,
+                               run.bundle.std, cfg.eval.batch_size, run.device, pooled=pooled and network is None)
 
     method.on_epoch_start(epoch, train_features)
     if world()[1] > 1:  # one clustering / mining / plan for all ranks: rank 0's

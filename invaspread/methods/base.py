@@ -165,8 +165,9 @@ class Method(nn.Module):
         resumed epoch on, as it stretches a cosine lr schedule)."""
 
     def on_epoch_start(self, epoch: int, train_features: Callable[[bool], torch.Tensor]) -> None:
-        """Called before every epoch (1-based). ``train_features(pooled)`` embeds the un-augmented
-        training set in eval mode: (N, d) embeddings, or (N, D) backbone features when pooled."""
+        """Called before every epoch (1-based). ``train_features(pooled, network=None)`` embeds the un-augmented
+        training set in eval mode: (N, d) embeddings, or (N, D) backbone features when pooled; with ``network``
+        (a module over the same images, e.g. ``ops.rmac.RMAC`` of the backbone) whatever that module returns."""
 
     def epoch_plan(self) -> Optional[torch.Tensor]:
         """(L, V) int64, or None for "every instance once, in a random order, all V views of it".

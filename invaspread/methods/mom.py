@@ -31,7 +31,7 @@ without a positive or a negative are not drawn (the reference would fail on them
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
@@ -40,6 +40,7 @@ from torch import nn
 
 from ..config import ConfigError, require, require_choice, require_positive
 from ..losses import WeightedTripletLoss
+from ..ops.rmac import rmac_descriptors
 from ..ops.manifold import (largest_component, local_maxima, manifold_similarity_chunks, mutual_knn_graph,
                             normalized_affinity, sparse_matrix, stationary_distribution)
 from .base import Method, epoch_generator
@@ -49,7 +50,10 @@ from .base import Method, epoch_generator
 class MOMConfig:
     """Mining on Manifolds (Iscen et al. 2018): triplets mined from a kNN graph's manifold similarity."""
 
-    features: str = "pooled"  # mine on "pooled" backbone features (the reference's descriptors) or the "embedding"
+    features: str = "pooled"  # mine on "rmac" (multi-scale R-MAC of the last feature map, PCA-whitened: the reference's descriptors), "pooled" backbone features or the "embedding"
+    rmac_dims: int = 512  # features=rmac: dimensions kept by the PCA-whitening (reference: 512)
+    rmac_scales: List[float] = field(default_factory=lambda: [1.0, 0.7071, 0.5])  # features=rmac: input scales (reference: 1, 1/sqrt(2), 1/2)
+    rmac_levels: int = 3  # features=rmac: region levels (Tolias et al.: 3)
     graph_neighbours: int = 30  # k of the mutual kNN graph (reference: 30)
     similarity_power: float = 3.0  # edge weight = similarity ** power (reference: 3)
     alpha: float = 0.99  # random-walk restart: f = (I - alpha S)^-1 e_anchor (reference: 0.99)
@@ -64,10 +68,13 @@ class MOMConfig:
     remine_every: int = 0  # mine again every E epochs; 0 = once, from the initial network (the paper's MOM)
 
     def check(self, prefix: str) -> None:
-        require_choice(prefix, self, "features", ("pooled", "embedding"))
+        require_choice(prefix, self, "features", ("rmac", "pooled", "embedding"))
         require_choice(prefix, self, "anchors", ("all", "local_max"))
         require_positive(prefix, self, "graph_neighbours", "similarity_power", "cg_iterations", "num_anchors",
-                         "positive_k", "negative_k", "pool_size", "negative_candidates", "margin")
+                         "positive_k", "negative_k", "pool_size", "negative_candidates", "margin", "rmac_dims",
+                         "rmac_levels")
+        require(bool(self.rmac_scales) and all(0 < s <= 4 for s in self.rmac_scales), f"{prefix}.rmac_scales",
+                self.rmac_scales, "a non-empty list of input scales in (0, 4], e.g. [1.0, 0.7071, 0.5]")
         require(0 < self.alpha < 1, f"{prefix}.alpha", self.alpha, "0 < alpha < 1")
         require(self.remine_every >= 0, f"{prefix}.remine_every", self.remine_every, "0 (mine once) or more")
 
@@ -213,11 +220,18 @@ class MOM(Method):
         return {"anchor": self.anchor, "positives": self.positives, "positive_weights": self.positive_weights,
                 "negatives": self.negatives}
 
+    def descriptors(self, train_features) -> torch.Tensor:
+        """(N, D) what mining reads: R-MAC of the backbone (``rmac``), its pooled features, or the embedding."""
+        c = self.options
+        if c.features == "rmac":
+            return rmac_descriptors(train_features, self.encoder.backbone, c.rmac_dims, c.rmac_scales, c.rmac_levels)
+        return train_features(c.features == "pooled")
+
     def on_epoch_start(self, epoch, train_features):
         c = self.options
         due = int(self.mined_at_epoch) == 0 or (c.remine_every > 0 and (epoch - 1) % c.remine_every == 0)
         if due:
-            mined = mine_pools(train_features(c.features == "pooled"), c.graph_neighbours, c.similarity_power,
+            mined = mine_pools(self.descriptors(train_features), c.graph_neighbours, c.similarity_power,
                                c.alpha, c.cg_iterations, c.anchors, c.num_anchors, c.positive_k, c.negative_k,
                                c.pool_size)
             for name, value in mined.items():

@@ -87,8 +87,8 @@ def _unseen_rows(config: str, numbers: Dict[str, tuple], extra: Tuple[str, ...] 
 LABEL_K = ", the number of training classes: label information the method itself would not have"
 MOM_RECIPE = ("MOM's own recipe (gtolias/mom): SGD lr 0.01 x0.1 from epoch 50 of 100 (x0.01 in the 100th), "
               "momentum 0.9 dampening 0.9, "
-              "42 tuples per step, 64-d embedding, RandomResizedCrop(227) + flip; mined on the network's pooled "
-              "features (the reference: R-MAC multi-scale, PCA-whitened to 512-d)")
+              "42 tuples per step, 64-d embedding, RandomResizedCrop(227) + flip; mined on multi-scale R-MAC of the "
+              "initial network, PCA-whitened to 512-d (method.mom.features=rmac)")
 
 
 AUGMENT = {"w/o R": "augment.crop=false", "w/o G": "augment.grayscale_p=0", "w/o C": "augment.color_jitter=0",
