@@ -17,15 +17,11 @@ from typing import Any, List, Optional
 
 import yaml
 
-from .config_methods import new_method_config
-
-
-class InvaspreadError(Exception):
-    """An error with a one-line message meant for the user (the CLI prints it without a traceback)."""
-
-
-class ConfigError(InvaspreadError, ValueError):
-    pass
+# the checks a method's Config.check composes are public here too (require*, MIN_TEMPERATURE: README "Your own
+# method" imports them from invaspread.config)
+from .config_methods import (MIN_TEMPERATURE, new_method_config, require, require_choice,  # noqa: F401
+                             require_positive, require_temperature, validate_method)  # noqa: F401
+from .errors import ConfigError, InvaspreadError
 
 
 @dataclass
@@ -211,49 +207,7 @@ def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
         node = child
 
 
-MIN_TEMPERATURE = 1e-6
 DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
-
-
-# checks a method's ``Config.check(prefix)`` composes (``prefix``: "method.NAME"), each a one-line ConfigError
-def require(ok: bool, key: str, value, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r}: expected {expected}")
-
-
-def require_positive(prefix: str, settings, *names: str) -> None:
-    for name in names:
-        value = getattr(settings, name)
-        require(value > 0 and math.isfinite(value), f"{prefix}.{name}", value, "a positive number")
-
-
-def require_choice(prefix: str, settings, name: str, allowed) -> None:
-    value = getattr(settings, name)
-    require(value in allowed, f"{prefix}.{name}", value, f"one of {', '.join(allowed)}")
-
-
-def require_temperature(key: str, value: float) -> None:
-    require(value > 0 and math.isfinite(value), key, value, "a positive number")
-    # 1/temperature overflows below this (and any value this small is an argmax anyway)
-    require(value >= MIN_TEMPERATURE, key, value, f"a temperature >= {MIN_TEMPERATURE:g} (similarities are divided "
-                                                  f"by it)")
-
-
-def _validate_method(cfg: Config) -> None:
-    """``method.name`` is registered; every method section passes its own ``check``; an untrainable method
-    (random) runs with 0 epochs."""
-    from .methods import registry
-
-    methods = registry()
-    name = cfg.method.name
-    require(name in methods, "method.name", name, f"one of {', '.join(methods)}")
-    for f in dataclasses.fields(cfg.method):
-        settings = getattr(cfg.method, f.name)
-        if hasattr(settings, "check"):
-            settings.check(f"method.{f.name}")
-    if not methods[name].trainable and cfg.train.epochs != 0:
-        raise ConfigError(f"method.name={name} is the untrained network: add --epochs 0 (train.epochs is "
-                          f"{cfg.train.epochs})")
 
 
 def validate(cfg: Config) -> Config:
@@ -279,7 +233,7 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a finite number >= 0")
-    _validate_method(cfg)
+    validate_method(cfg)
     if cfg.train.keep < 0:
         raise ConfigError(f"train.keep={cfg.train.keep}: expected 0 (last.pt only) or a number of epochs to keep")
     if any(e < 1 for e in cfg.train.save_epochs):

@@ -6,8 +6,12 @@ keys without an edit here. Loaded, overridden and checked like every other secti
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Dict, Tuple
 
+from .errors import ConfigError
+
+MIN_TEMPERATURE = 1e-6
 _BUILT: Dict[Tuple, type] = {}
 
 
@@ -38,3 +42,45 @@ def method_config_class() -> type:
 
 def new_method_config():
     return method_config_class()()
+
+
+# checks a method's ``Config.check(prefix)`` composes (``prefix``: "method.NAME"), each a one-line ConfigError;
+# ``invaspread.config`` re-exports them
+def require(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def require_positive(prefix: str, settings, *names: str) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        require(value > 0 and math.isfinite(value), f"{prefix}.{name}", value, "a positive number")
+
+
+def require_choice(prefix: str, settings, name: str, allowed) -> None:
+    value = getattr(settings, name)
+    require(value in allowed, f"{prefix}.{name}", value, f"one of {', '.join(allowed)}")
+
+
+def require_temperature(key: str, value: float) -> None:
+    require(value > 0 and math.isfinite(value), key, value, "a positive number")
+    # 1/temperature overflows below this (and any value this small is an argmax anyway)
+    require(value >= MIN_TEMPERATURE, key, value, f"a temperature >= {MIN_TEMPERATURE:g} (similarities are divided "
+                                                  f"by it)")
+
+
+def validate_method(cfg) -> None:
+    """``method.name`` is registered; every method section passes its own ``check``; an untrainable method
+    (random) runs with 0 epochs."""
+    from .methods import registry
+
+    methods = registry()
+    name = cfg.method.name
+    require(name in methods, "method.name", name, f"one of {', '.join(methods)}")
+    for f in dataclasses.fields(cfg.method):
+        settings = getattr(cfg.method, f.name)
+        if hasattr(settings, "check"):
+            settings.check(f"method.{f.name}")
+    if not methods[name].trainable and cfg.train.epochs != 0:
+        raise ConfigError(f"method.name={name} is the untrained network: add --epochs 0 (train.epochs is "
+                          f"{cfg.train.epochs})")

@@ -108,3 +108,25 @@ def tiny_run(tmp_path_factory):
                              "method.name=random"])
     fit(cfg, root / "run", log=lambda _: None)
     return root / "run"
+
+
+class Interrupted(Exception):
+    """Raised right after a run's first checkpoint: what a kill at an epoch boundary leaves."""
+
+
+def train_until_first_checkpoint(cfg, out, monkeypatch) -> None:
+    """``fit(cfg, out)`` stopped right after its first ``last.pt`` is written (the checkpoint is complete)."""
+    from invaspread.engine import reporter, trainer
+
+    real_save = reporter.save_checkpoint
+
+    def save_then_stop(state, path):
+        real_save(state, path)
+        raise Interrupted
+
+    monkeypatch.setattr(reporter, "save_checkpoint", save_then_stop)
+    try:
+        with pytest.raises(Interrupted):
+            trainer.fit(cfg, out, log=lambda s: None)
+    finally:
+        monkeypatch.setattr(reporter, "save_checkpoint", real_save)

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO
+from conftest import REPO, train_until_first_checkpoint
 from invaspread.config import ConfigError, load_config
-from invaspread.engine import reporter, trainer
+from invaspread.engine import trainer
 from invaspread.engine.checkpoint import load_checkpoint
 from invaspread.engine.features import evaluation_network
 from invaspread.losses import BYOLLoss, MoCoLoss, NTXentLoss
@@ -168,16 +168,7 @@ def test_after_step_gets_the_runs_global_step_and_planned_total_across_resume_an
     assert full == [f"{s} 10" for s in range(1, 11)]
 
     Recorder.log_file = tmp_path / "cut.txt"
-    real_save = reporter.save_checkpoint
-
-    def save_then_stop(state, path):
-        real_save(state, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(reporter, "save_checkpoint", save_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(cfg, tmp_path / "cut", log=lambda s: None)
-    monkeypatch.setattr(reporter, "save_checkpoint", real_save)
+    train_until_first_checkpoint(cfg, tmp_path / "cut", monkeypatch)
     trainer.fit(None, tmp_path / "cut", resume=True, log=lambda s: None)
     assert (tmp_path / "cut.txt").read_text().split("\n")[:-1] == full
     Recorder.log_file = tmp_path / "more.txt"

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-from conftest import REPO, cifar10_archive
+from conftest import REPO, cifar10_archive, train_until_first_checkpoint
 from invaspread.cli import main
 import dataclasses
 
 from invaspread.config import ConfigError, load_config
-from invaspread.engine import reporter, trainer
+from invaspread.engine import trainer
 from invaspread.engine.checkpoint import load_checkpoint
 from invaspread.methods import METHODS, build_method, registry
 from invaspread.models import build_model
@@ -102,10 +102,6 @@ def test_state_dict_round_trip_includes_the_methods_own_state(name):
         assert torch.equal(value, b.state_dict()[key]), key
 
 
-class Interrupted(Exception):
-    pass
-
-
 # every trainable method, plus the state a resumed epoch must take from the checkpoint rather than recompute:
 # DeepCluster's pseudo-labels and classifier between re-clusterings, MOM's pools when mining again each epoch
 RESUMED = [(name, ()) for name in TRAINABLE] + [("deepcluster", ("method.deepcluster.reassign=2",)),
@@ -119,16 +115,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted_run(name, extra, tmp_
     cfg = tiny_cfg(name, extra)
     trainer.fit(cfg, tmp_path / "full", log=lambda s: None)
 
-    real_save = reporter.save_checkpoint
-
-    def save_then_stop(state, path):
-        real_save(state, path)
-        raise Interrupted
-
-    monkeypatch.setattr(reporter, "save_checkpoint", save_then_stop)
-    with pytest.raises(Interrupted):
-        trainer.fit(cfg, tmp_path / "cut", log=lambda s: None)
-    monkeypatch.setattr(reporter, "save_checkpoint", real_save)
+    train_until_first_checkpoint(cfg, tmp_path / "cut", monkeypatch)
     assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
     trainer.fit(None, tmp_path / "cut", resume=True, log=lambda s: None)
 
