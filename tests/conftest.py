@@ -3,7 +3,9 @@
 import io
 import os
 import pickle
+import re
 import tarfile
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,23 @@ def train_until_first_checkpoint(cfg, out, monkeypatch) -> None:
             trainer.fit(cfg, out, log=lambda s: None)
     finally:
         monkeypatch.setattr(reporter, "save_checkpoint", real_save)
+
+
+def readme_blocks():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Your own method", 1)[1].split("\n## ", 1)[0]
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    return python, tomllib.loads(toml)["project"]["entry-points"]["invaspread.methods"]
+
+
+def install_readme_plugin(site):
+    """The README's module and entry-point lines as an installed distribution (a dist-info on the path)."""
+    python, points = readme_blocks()
+    assert len(python.strip().splitlines()) <= 45
+    module = points["align_uniform"].split(":")[0]
+    (site / f"{module}.py").write_text(python)
+    info = site / "my_methods-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-methods\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[invaspread.methods]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))

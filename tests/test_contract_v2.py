@@ -8,13 +8,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, train_until_first_checkpoint
+from conftest import REPO, install_readme_plugin, train_until_first_checkpoint
 from invaspread.config import ConfigError, load_config
 from invaspread.engine import trainer
 from invaspread.engine.checkpoint import load_checkpoint
@@ -216,26 +215,6 @@ def test_a_run_saved_before_contract_v2_resumes_bit_exactly_and_evaluates(tmp_pa
     assert last["loss"] == 4.493289311726888 and (last["knn_top1"], last["knn_top5"]) == (32.5, 62.5)
     out = subprocess.run([sys.executable, "-m", "invaspread", "eval", str(run)], capture_output=True, text=True)
     assert out.returncode == 0 and "knn_top1" in out.stdout and "32.50" in out.stdout, out.stderr
-
-
-def readme_blocks():
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Your own method", 1)[1].split("\n## ", 1)[0]
-    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    toml = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
-    return python, tomllib.loads(toml)["project"]["entry-points"]["invaspread.methods"]
-
-
-def install_readme_plugin(site):
-    """The README's module and entry-point lines as an installed distribution (a dist-info on the path)."""
-    python, points = readme_blocks()
-    assert len(python.strip().splitlines()) <= 45
-    module = points["align_uniform"].split(":")[0]
-    (site / f"{module}.py").write_text(python)
-    info = site / "my_methods-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-methods\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[invaspread.methods]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
 
 
 def test_a_method_from_the_readme_installed_as_an_entry_point_trains(tmp_path, monkeypatch):

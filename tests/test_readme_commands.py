@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import install_readme_plugin
 from invaspread.cli import build_parser
 from invaspread.config import load_config, resolve_config_path
 
@@ -36,7 +37,20 @@ def test_the_readme_shows_commands_of_every_kind():
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_readme_command_parses_and_its_settings_exist(command):
+def test_a_readme_command_parses_and_its_settings_exist(command, tmp_path, monkeypatch):
+    from invaspread import methods
+
+    if "align_uniform" in command:   # README "Your own method": with its plugin installed, as the README says
+        install_readme_plugin(tmp_path)
+        monkeypatch.syspath_prepend(str(tmp_path))
+    methods._plugins.cache_clear()
+    try:
+        _check(command)
+    finally:
+        methods._plugins.cache_clear()
+
+
+def _check(command):
     # syntax shown in prose: "--protocol knn|linear|retrieval" is each of them, "table N" any of 1-8
     text = re.sub(r"(\w+)(\|\w+)+", r"\1", command.replace("...", "x")).replace("table N", "table 1")
     words = shlex.split(text)
