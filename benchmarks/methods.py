@@ -84,7 +84,8 @@ def main():
             fixed = method.embed(views).float()
         own = [p for n, p in method.named_parameters() if not n.startswith("encoder.")]
         own_optimizer = build_optimizer(own, cfg.optim) if own else None
-        method.embed = lambda _views: fixed.clone().requires_grad_(True)
+        # any views, any network (MoCo's key encoder, BYOL's target): the first V fixed embeddings
+        method.embed = lambda views_, *_, **__: fixed[:views_.shape[0]].clone().requires_grad_(True)
 
         def loss_and_state():
             loss = method.training_step(views, index)
