@@ -269,3 +269,19 @@ def test_a_broken_entry_point_is_one_line_naming_it(tmp_path, monkeypatch):
             registry()
     finally:
         methods._plugins.cache_clear()
+
+
+def test_table_1x_is_table_1_and_the_successors_each_with_its_config(capsys):
+    from invaspread.cli import main
+    from invaspread.report.paper_tables import TABLES
+    from invaspread.report.table_runner import get_table, row_config
+
+    table = get_table("1x")
+    assert table.rows[:9] == TABLES[1].rows and [r.name for r in table.rows[9:]] == ["SimCLR", "MoCo v2", "BYOL"]
+    for row, name in zip(table.rows[9:], ("simclr", "mocov2", "byol")):
+        cfg = row_config(row, None, None, ())
+        assert cfg.method.name == name and row.paper == (None,) and "lightly" in row.note
+        assert registry()[name].eval_features == "pooled" and cfg.model.head in ("mlp", "mlp_bn")
+    assert main(["table", "1x", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "--config byol_cifar10 --set method.name=byol" in printed and "kNN 85 at batch 128" in printed
