@@ -145,7 +145,7 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
     from ..data.datasets import build_data
     from ..data.transforms import train_transform
     from ..engine.checkpoint import load_run
-    from ..engine.features import source_features
+    from ..engine.features import evaluation_network, source_features
     from ..models import build_model
 
     kept = kept_checkpoints(run)
@@ -170,8 +170,10 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
         networks["untrained"] = build_model(cfg.model).to(device).eval()
     except InvaspreadError as err:
         parts.append(f"<p>Untrained network not shown: {html.escape(str(err))}</p>")
-    panels = {label: figures.similarity_histograms(*figures.pair_similarities(net, test, augment,
-                                                                                range(len(test)), device, seed))
+    # the features the run is evaluated on (eval.features: the pooled backbone for SimCLR, MoCo v2, BYOL)
+    panels = {label: figures.similarity_histograms(*figures.pair_similarities(evaluation_network(net, cfg), test,
+                                                                                augment, range(len(test)), device,
+                                                                                seed))
               for label, net in networks.items()}
     _save(figures.plot_similarity_histograms(panels), out / f"{name}-figure5.png")
     counts = ", ".join(f"{int(c['positive'].sum()):,} positive / {int(c['negative'].sum()):,} negative pairs ({label})"
@@ -191,8 +193,8 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
     labels = np.asarray(test.labels)
     for epoch, net_or_path in grids.items():
         net = net_or_path if isinstance(net_or_path, torch.nn.Module) else load_run(net_or_path, overrides)[2]
-        feats = source_features(net, test, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
-                                device)
+        feats = source_features(evaluation_network(net, cfg), test, cfg.data, cfg.augment, bundle.mean, bundle.std,
+                                cfg.eval.batch_size, device)
         everyone = figures.retrieval_neighbours(feats, range(len(test)), k)   # the grid's rows are among them
         grid, correct = figures.retrieval_grid(test, query_rows, everyone[query_rows])
         Image.fromarray(grid).save(out / f"{name}-figure4-epoch{epoch}.png")
