@@ -11,12 +11,11 @@ import time
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ConfigError, InvaspreadError
 from ..evaluate import knn_accuracy, linear_probe, recall_at_k
 from ..evaluate import nmi as nmi_score
-from .features import source_features
+from .features import evaluation_network, source_features
 
 PROTOCOLS = ("knn", "linear", "retrieval")
 
@@ -52,16 +51,11 @@ def resolve_protocol(protocol: str, bundle, data_name: str = "") -> Optional[str
 
 def _features(model, source, cfg, bundle, device, progress):
     """Evaluation features of ``source`` (the test queries or the labelled bank): the layer ``eval.features``
-    names (``methods.evaluation_features``), L2-normalised; never scores NaN/inf."""
-    from ..methods import evaluation_features
-
+    names, through the same ``evaluation_network`` as ``embed`` and ``index``; never scores NaN/inf."""
     autocast = torch.bfloat16 if (cfg.train.bf16 and device.type == "cuda") else None
-    pooled = evaluation_features(cfg) == "pooled"
-    features = source_features(model, source, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
-                               device, progress=progress, autocast_dtype=autocast, pooled=pooled,
+    features = source_features(evaluation_network(model, cfg), source, cfg.data, cfg.augment, bundle.mean,
+                               bundle.std, cfg.eval.batch_size, device, progress=progress, autocast_dtype=autocast,
                                channels_last=cfg.train.channels_last and device.type == "cuda")
-    if pooled:
-        features = F.normalize(features, dim=1)
     if not torch.isfinite(features).all():
         raise InvaspreadError("the network's embeddings are NaN or infinite (a diverged model): no metric is "
                               "computed from them")
