@@ -148,6 +148,19 @@ def test_byol_target_is_the_ema_of_the_encoder_with_the_scheduled_momentum():
                for p in method.target.parameters()), "the target is not optimised"
 
 
+def test_byol_predictor_lr_scale_is_a_parameter_group_whose_lr_is_the_schedules_times_the_scale(tmp_path):
+    cfg = tiny("byol", ["method.byol.predictor_lr_scale=10"])
+    trainer.fit(cfg, tmp_path / "run", log=lambda s: None)
+    groups = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["param_groups"]
+    method = build_method(cfg, build_model(cfg.model), 80)
+    predictor = [name for name, p in method.named_parameters() if p.requires_grad and name.startswith("predictor.")]
+    assert [len(g["params"]) for g in groups] == [len(list(method.parameter_groups()[0]["params"])), len(predictor)]
+    last_step_lr = trainer.learning_rate(cfg.optim, 2, 1 + 4 / 5)        # epoch 2's last of 5 steps
+    assert groups[0]["lr"] == pytest.approx(last_step_lr) and groups[0].get("lr_scale", 1.0) == 1.0
+    assert groups[1]["lr"] == pytest.approx(10 * last_step_lr) and groups[1]["lr_scale"] == 10
+    assert len(build_method(tiny("byol"), build_model(cfg.model), 80).parameter_groups()) == 1   # BYOL's default
+
+
 class Recorder(METHODS["invaspread"]):
     """InvaSpread that writes every (step, total_steps) it is given to a file."""
 

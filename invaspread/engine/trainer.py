@@ -336,7 +336,7 @@ def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
     for step, (views, index) in enumerate(bar):
         lr = learning_rate(cfg.optim, epochs, epoch - 1 + step / steps)
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         run.steps_done += 1
         loss = train_step(run.method, run.optimizer, views, index, cfg.train.bf16, run.runner, run.steps_done,
                           total_steps)

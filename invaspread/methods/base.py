@@ -11,7 +11,7 @@ method it runs, and a resumed run continues with exactly the state it stopped wi
 The trainer's contract::
 
     method = Cls.from_config(cfg, encoder, num_instances)
-    optimizer = SGD(method.parameter_groups())          # groups may carry their own momentum, weight decay, ...
+    optimizer = SGD(method.parameter_groups())          # groups may carry their own momentum, weight decay, lr_scale
     per epoch (1-based):
         method.on_epoch_start(epoch, train_features)     # every rank; may embed the un-augmented training set
         every tensor of method.epoch_state() <- rank 0's (torchrun: one clustering / mining / plan for all)
@@ -189,7 +189,8 @@ class Method(nn.Module):
 
     def parameter_groups(self) -> list:
         """``torch.optim`` parameter groups: ``[{"params": [...], **settings}]``; a group's settings (momentum,
-        weight_decay, ...) replace the ``optim.*`` ones for its parameters; the lr schedule applies to all."""
+        weight_decay, ...) replace the ``optim.*`` ones for its parameters; the lr schedule applies to all, times a
+        group's ``lr_scale`` where it has one (BYOL's faster predictor)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]   # not a momentum copy's
 
     def reinitialised_parameters(self) -> list:
