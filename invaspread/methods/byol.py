@@ -29,9 +29,9 @@ class BYOLConfig:
 
     momentum: float = 0.996  # tau_base of the target's cosine momentum schedule (BYOL: 0.996)
     predictor_hidden: int = 4096  # hidden width of the predictor MLP (BYOL: 4096)
-    # the predictor's lr = this x the scheduled lr (BYOL: 1, one optimizer for all; SimSiam keeps the predictor's
-    # lr fixed and Tian et al. 2021 find a faster predictor helps; measured: benchmarks/byol_small_scale.py)
-    predictor_lr_scale: float = 1.0
+    # SimSiam keeps the predictor's lr fixed and Tian et al. 2021 find a faster predictor helps; measured in
+    # benchmarks/byol_small_scale.py
+    predictor_lr_scale: float = 1.0  # the predictor's lr = this x the scheduled lr (BYOL: 1, one optimizer for all)
 
     def check(self, prefix: str) -> None:
         require(0 <= self.momentum <= 1, f"{prefix}.momentum", self.momentum, "0 <= momentum <= 1")
