@@ -154,7 +154,7 @@ def test_byol_predictor_lr_scale_is_a_parameter_group_whose_lr_is_the_schedules_
     groups = load_checkpoint(tmp_path / "run" / "last.pt")["optimizer"]["param_groups"]
     method = build_method(cfg, build_model(cfg.model), 80)
     predictor = [name for name, p in method.named_parameters() if p.requires_grad and name.startswith("predictor.")]
-    assert [len(g["params"]) for g in groups] == [len(list(method.parameter_groups()[0]["params"])), len(predictor)]
+    assert [len(g["params"]) for g in groups] == [len(method.parameter_groups()[0]["params"]), len(predictor)]
     last_step_lr = trainer.learning_rate(cfg.optim, 2, 1 + 4 / 5)        # epoch 2's last of 5 steps
     assert groups[0]["lr"] == pytest.approx(last_step_lr) and groups[0].get("lr_scale", 1.0) == 1.0
     assert groups[1]["lr"] == pytest.approx(10 * last_step_lr) and groups[1]["lr_scale"] == 10

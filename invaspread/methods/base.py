@@ -193,6 +193,13 @@ class Method(nn.Module):
         group's ``lr_scale`` where it has one (BYOL's faster predictor)."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]   # not a momentum copy's
 
+    def groups_with_own_settings(self, module: nn.Module, **settings) -> list:
+        """``parameter_groups`` for a sub-module trained with its own ``settings`` (DeepCluster's classifier,
+        BYOL's predictor): [the method's other trainable parameters, ``module``'s with ``settings``]."""
+        own = set(map(id, module.parameters()))
+        return [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in own]},
+                {"params": list(module.parameters()), **settings}]
+
     def reinitialised_parameters(self) -> list:
         """Parameters that ``on_epoch_start`` just re-initialised (DeepCluster's classifier): the trainer
         drops their optimizer state (momentum), as a fresh optimizer would have none."""

@@ -63,11 +63,9 @@ class BYOL(Method):
         return cls(encoder, cfg.model.embedding_dim, c.momentum, c.predictor_hidden, c.predictor_lr_scale)
 
     def parameter_groups(self):
-        if self.predictor_lr_scale == 1:
+        if self.predictor_lr_scale == 1:   # one group, as BYOL runs saved before the option have in their checkpoint
             return super().parameter_groups()
-        predictor = set(map(id, self.predictor.parameters()))
-        return [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in predictor]},
-                {"params": list(self.predictor.parameters()), "lr_scale": self.predictor_lr_scale}]
+        return self.groups_with_own_settings(self.predictor, lr_scale=self.predictor_lr_scale)
 
     def training_step(self, views, index):
         v, b = views.shape[:2]

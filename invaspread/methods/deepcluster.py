@@ -126,9 +126,7 @@ class DeepCluster(Method):
         take ``args.lr``); ``shared``: the network's SGD (momentum, ``optim.weight_decay``)."""
         if self.classifier_optimizer == "shared":
             return super().parameter_groups()
-        head = set(map(id, self.classifier.parameters()))
-        return [{"params": [p for p in self.parameters() if id(p) not in head]},
-                {"params": list(self.classifier.parameters()), "momentum": 0.0, "weight_decay": 1e-5}]
+        return self.groups_with_own_settings(self.classifier, momentum=0.0, weight_decay=1e-5)
 
     def cluster(self, features: torch.Tensor, epoch: int) -> torch.Tensor:
         """(N,) pseudo-labels of (N, d) features: PCA-whitening, L2 normalisation, k-means."""
