@@ -15,6 +15,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 python -m pytest -q tests/test_device_augment.py tests/test_loss.py 2>&1 | tail -3
 python benchmarks/throughput.py --data "$DATA" --compile
+python benchmarks/step_floor.py --data "$DATA" --steps 10 --subset-per-class 500
 python benchmarks/methods.py --device cuda --steps 30 --warmup 5
 python benchmarks/clustering.py --device cuda
 invaspread train --config cifar10 --data-dir "$DATA" --epochs 3 --out "$OUT/gpu-path" --set train.progress=false

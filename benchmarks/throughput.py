@@ -4,6 +4,8 @@ the device-resident data + on-device per-sample augmentation path, in one run, o
     python benchmarks/throughput.py --data ../shared/data/cifar10/cifar10-jpeg.tar.gz      # GPU, full size
     python benchmarks/throughput.py --data digits --width 16 --steps 5 --batch-sizes 64   # CPU, small
 
+(The distance of `train`'s step from the model's own floor, per precision: benchmarks/step_floor.py.)
+
 Per row: seconds per epoch (extrapolated from timed steps over the training set), images per second
 (2 views per instance), augmentation alone (views per second, no model), peak GPU memory. The last
 line times the kNN evaluation (feature bank of the training set + test queries, on the device).
@@ -20,6 +22,7 @@ from invaspread.config import load_config
 from invaspread.data.datasets import build_data
 from invaspread.engine.batches import CPUBatches, DeviceBatches
 from invaspread.engine.evaluation import evaluate
+from invaspread.engine.precision import cpu_computes_bf16, forward_settings
 from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
 from invaspread.methods import build_method
 from invaspread.models import build_model
@@ -48,7 +51,9 @@ def time_training(cfg, bundle, batches, steps, device, compile_model):
     """(encoder, seconds per step, peak GiB) of ``cfg.method`` on ``batches``, after warm-up steps."""
     torch.manual_seed(0)
     method = build_method(cfg, build_model(cfg.model), len(bundle.train)).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
+    autocast_dtype, memory_format = forward_settings(cfg, device)   # what `train` computes in on this device
+    bf16 = autocast_dtype is not None
+    if memory_format == torch.channels_last:
         method.encoder.to(memory_format=torch.channels_last)
         method.configure_forward(torch.channels_last)
     if compile_model:
@@ -58,13 +63,13 @@ def time_training(cfg, bundle, batches, steps, device, compile_model):
     it = batches.epoch(0, 1, method.views)
     warmup = 5 if compile_model else 2
     for _ in range(warmup):
-        train_step(method, optimizer, *next(it), cfg.train.bf16)
+        train_step(method, optimizer, *next(it), bf16)
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(method, optimizer, *next(it), cfg.train.bf16)
+        train_step(method, optimizer, *next(it), bf16)
     sync(device)
     seconds_per_step = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
@@ -99,13 +104,15 @@ def main():
 
     rows = []
     variants = [("cpu-aug x%d workers, fp32" % args.workers, CPUBatches, False, False),
-                ("device-aug" + (", bf16+channels_last" if device.type == "cuda" else ""), DeviceBatches, True, False)]
+                ("device-aug, " + ("bf16+channels_last" if device.type == "cuda" or cpu_computes_bf16() else
+                                   "fp32+channels_last"), DeviceBatches, True, False)]
     if args.compile and device.type == "cuda":
         variants.append(("device-aug, bf16+CL+compile", DeviceBatches, True, True))
     model = None
     for batch in args.batch_sizes:
         for name, cls, fast, compile_model in variants:
-            cfg.train.bf16 = cfg.train.channels_last = fast
+            cfg.train.bf16 = cfg.train.channels_last = cfg.train.cpu_fast_path = fast
+            cfg.train.cpu_bf16 = fast and cpu_computes_bf16()
             batches = cls(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, batch, device)
             steps = min(args.steps, len(batches) - 6)  # leave room for the warm-up steps
             if steps < 1:
@@ -116,7 +123,8 @@ def main():
             rows.append((name, batch, sps * len(batches), 2 * batch / sps, views, peak))
             del batches
 
-    cfg.train.bf16 = cfg.train.channels_last = True
+    cfg.train.bf16 = cfg.train.channels_last = cfg.train.cpu_fast_path = True
+    cfg.train.cpu_bf16 = cpu_computes_bf16()
     evaluate(model, bundle, cfg, device)  # warm-up
     sync(device)
     t0 = time.perf_counter()

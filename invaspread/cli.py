@@ -358,16 +358,40 @@ INTERRUPTED = {   # what an interrupted command leaves behind, by command
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``): the command ends as on Ctrl-C, with the same one line, nothing half-written."""
+
+
+def _interrupt_on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        return _run_command(args)
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _interrupt_on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args) -> int:
+    """``args.func(args)``, its errors and interruptions as one line and an exit status."""
     try:
         return args.func(args)
     except InvaspreadError as err:
         print(f"invaspread: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninvaspread: interrupted; {INTERRUPTED.get(args.command, 'nothing was changed')}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"\ninvaspread: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; "
+              f"{INTERRUPTED.get(args.command, 'nothing was changed')}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
     except BrokenPipeError:   # `invaspread config cifar10 | head`: the reader has all it wanted
         import os
 

@@ -87,8 +87,10 @@ class TrainConfig:
     batch_size: int = 128  # instances per step; a step sees views x batch_size images (2 views: InvaSpread)
     seed: int = 0  # seeds the network, the shuffling and the augmentation (runs are repeatable)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = True  # bf16 autocast (CUDA only; CPU runs in float32)
-    channels_last: bool = True  # channels_last memory format (CUDA only)
+    bf16: bool = True  # bf16 autocast on CUDA (the CPU's is cpu_bf16)
+    channels_last: bool = True  # channels_last memory format on CUDA (the CPU's comes with cpu_fast_path)
+    cpu_bf16: Optional[bool] = None  # bf16 autocast on the CPU; null = where the CPU computes bf16 natively (AMX / AVX512-BF16), resolved when the run starts and recorded
+    cpu_fast_path: bool = True  # CPU: channels_last and on-device augmentation; false = contiguous tensors and PIL augmentation in DataLoader workers (the released pipeline)
     compile: bool = False  # torch.compile the model (CUDA only)
     eval_every: int = 1  # kNN every N epochs (and always after the last); 0 = only at the end
     eval_at_start: bool = True  # also evaluate the untrained network (epoch 0)
@@ -336,7 +338,9 @@ RESUMABLE_KEYS = SAME_RESULT_KEYS + ("optim.lr", "eval.protocol", "eval.nmi_aver
 
 # keys added after runs were saved without them, and the value that reproduces how those runs trained (where it
 # is not the new default)
-LEGACY_VALUES = {"method.deepcluster.classifier_optimizer": "shared"}
+LEGACY_VALUES = {"method.deepcluster.classifier_optimizer": "shared",
+                 # the CPU trained in float32, contiguous, with PIL augmentation in workers (engine.precision)
+                 "train.cpu_bf16": False, "train.cpu_fast_path": False}
 
 
 def completed(data: dict, source: str = "") -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -19,6 +20,13 @@ class DataBundle:
     setting: str  # "seen" (kNN, linear) or "unseen" (Recall@K, NMI)
     mean: Sequence[float] = ()  # Normalize values, filled in by build_data
     std: Sequence[float] = ()
+
+
+def usable_workers(requested: int) -> int:
+    """DataLoader workers for ``requested`` (``data.num_workers``, configs written for GPU machines): at most the
+    CPU cores this process may use, since more only adds contention (and PyTorch's warning about it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(int(requested), cores))
 
 
 def subset_per_class(source, n: Optional[int]):

@@ -14,14 +14,13 @@ very instances, step by step, of one process.
 
 from __future__ import annotations
 
-import os
 from typing import Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..config import ConfigError
-from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor
+from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor, usable_workers
 from ..data.sources import DataError
 from ..data.device_augment import DeviceAugment
 from ..data.transforms import train_transform
@@ -39,9 +38,7 @@ class CPUBatches:
         self.transform = train_transform(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize)
         self.batch_size, self.device = batch_size, device
         self.rank, self.world = world()
-        # more workers than CPUs only adds contention (configs are written for GPU machines)
-        self.num_workers = min(data_cfg.num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                               else os.cpu_count() or 1)
+        self.num_workers = usable_workers(data_cfg.num_workers)
 
     def __len__(self):
         return len(self.source) // self.batch_size
@@ -121,24 +118,28 @@ def _checked_plan(plan: torch.Tensor, views: int, num_images: int) -> torch.Tens
     return plan
 
 
-def use_device_batches(source, aug_cfg, device: torch.device) -> bool:
-    """augment.on_device: True forces it (error if impossible), None picks it on CUDA when possible."""
+def use_device_batches(source, aug_cfg, device: torch.device, cpu_fast_path: bool = False) -> bool:
+    """augment.on_device: True forces it (error if impossible), None picks it when possible on CUDA, and on the
+    CPU with ``train.cpu_fast_path`` (batched tensor operations beat PIL in workers that share the CPU's cores
+    with the training step)."""
     in_memory = getattr(source, "images", None) is not None
     possible = in_memory and aug_cfg.recipe == "released"
     if aug_cfg.on_device is True and not possible:
         raise ConfigError("augment.on_device=true needs in-memory images of one size and augment.recipe=released")
     if aug_cfg.on_device is None:
-        return possible and device.type == "cuda"
+        return possible and (device.type == "cuda" or (device.type == "cpu" and cpu_fast_path))
     return bool(aug_cfg.on_device)
 
 
-def make_batches(source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
+def make_batches(source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device,
+                 cpu_fast_path: bool = False):
     """``batch_size`` is the global number of instances per step; under torchrun each rank yields its equal
-    share of every global batch (same instances per step as one process; augmentation drawn per rank)."""
+    share of every global batch (same instances per step as one process; augmentation drawn per rank).
+    ``cpu_fast_path`` (``train.cpu_fast_path``): on the CPU, augment in batches when possible."""
     if batch_size % world()[1]:
         raise ConfigError(f"train.batch_size={batch_size} is the global batch: it must divide evenly over the "
                           f"{world()[1]} processes")
     if len(source) < batch_size:
         raise ConfigError(f"train.batch_size={batch_size} is larger than the {len(source)} training images")
-    cls = DeviceBatches if use_device_batches(source, aug_cfg, device) else CPUBatches
+    cls = DeviceBatches if use_device_batches(source, aug_cfg, device, cpu_fast_path) else CPUBatches
     return cls(source, data_cfg, aug_cfg, mean, std, batch_size, device)

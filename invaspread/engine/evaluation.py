@@ -52,10 +52,8 @@ def resolve_protocol(protocol: str, bundle, data_name: str = "") -> Optional[str
 def _features(model, source, cfg, bundle, device, progress):
     """Evaluation features of ``source`` (the test queries or the labelled bank): the layer ``eval.features``
     names, through the same ``evaluation_network`` as ``embed`` and ``index``; never scores NaN/inf."""
-    autocast = torch.bfloat16 if (cfg.train.bf16 and device.type == "cuda") else None
     features = source_features(evaluation_network(model, cfg), source, cfg.data, cfg.augment, bundle.mean,
-                               bundle.std, cfg.eval.batch_size, device, progress=progress, autocast_dtype=autocast,
-                               channels_last=cfg.train.channels_last and device.type == "cuda")
+                               bundle.std, cfg.eval.batch_size, device, progress=progress)
     if not torch.isfinite(features).all():
         raise InvaspreadError("the network's embeddings are NaN or infinite (a diverged model): no metric is "
                               "computed from them")

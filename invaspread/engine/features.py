@@ -7,7 +7,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.bundle import EvalDataset, images_as_tensor
+from ..data.bundle import EvalDataset, images_as_tensor, usable_workers
 
 
 class PooledFeatures(torch.nn.Module):
@@ -22,12 +22,37 @@ class PooledFeatures(torch.nn.Module):
         return torch.nn.functional.normalize(self.network.pooled(x).float(), dim=1)
 
 
-def evaluation_network(model: torch.nn.Module, cfg) -> torch.nn.Module:
-    """What ``embed``, ``index`` and ``search`` run: ``model`` itself (its L2-normalised embedding), or its pooled
-    features when ``eval.features`` (or, with ``auto``, the run's method) says so."""
-    from ..methods import evaluation_features
+class DeviceForward(torch.nn.Module):
+    """``network`` computed as the run computes on its device (``engine.precision``): inputs in its memory
+    format, under its autocast; float32 out."""
 
-    return PooledFeatures(model).eval() if evaluation_features(cfg) == "pooled" else model
+    def __init__(self, network: torch.nn.Module, autocast_dtype: Optional[torch.dtype],
+                 memory_format: torch.memory_format):
+        super().__init__()
+        self.network, self.autocast_dtype, self.memory_format = network, autocast_dtype, memory_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                            enabled=self.autocast_dtype is not None):
+            return self.network(x).float()
+
+
+def evaluation_network(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """What evaluation, ``embed``, ``index`` and ``search`` run: ``model`` itself (its L2-normalised embedding),
+    or its pooled features when ``eval.features`` (or, with ``auto``, the run's method) says so; in the precision
+    and memory format the run computes in on the model's device (``engine.precision.forward_settings``)."""
+    from ..methods import evaluation_features
+    from .precision import forward_settings
+
+    autocast_dtype, memory_format = forward_settings(cfg, next(model.parameters()).device)
+    if memory_format == torch.channels_last:
+        model.to(memory_format=memory_format)   # in place, as training converts it (the weights' values stay)
+    if evaluation_features(cfg) == "pooled":
+        return DeviceForward(PooledFeatures(model), autocast_dtype, memory_format).eval()
+    wrapped = DeviceForward(model, autocast_dtype, memory_format)
+    wrapped.training = model.training   # the wrapper reports the model's mode (``_embed_batches`` restores it)
+    return wrapped
 
 
 @torch.no_grad()
@@ -71,7 +96,7 @@ def extract_features(model, source, transform: Callable, batch_size: int = 256, 
 
     device = torch.device(device or next(model.parameters()).device)
     loader = DataLoader(EvalDataset(source, transform), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+                        num_workers=usable_workers(num_workers), pin_memory=device.type == "cuda")
     batches = (x for x, _ in tqdm(loader, desc="features", disable=not progress, leave=False))
     return _embed_batches(model, batches, device, pooled, autocast_dtype)
 

@@ -27,6 +27,8 @@ from .batches import make_batches
 from .checkpoint import load_checkpoint, load_network
 from .evaluation import resolve_protocol
 from .features import source_features
+from .precision import describe as describe_precision
+from .precision import forward_settings, resolve_cpu_precision
 from .reporter import Reporter, Silent
 from .run_folder import RunFolder
 from .tensorboard import summary_writer_class
@@ -70,11 +72,12 @@ def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
 
 def train_step(method, optimizer, views, index, bf16: bool, runner=None, step: int = 1,
                total_steps: int = 1) -> torch.Tensor:
-    """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast on CUDA.
+    """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast to bf16 on the
+    batch's device (``engine.precision`` decides when: CUDA, a CPU that computes bf16 natively).
     ``runner``: the method wrapped in ``DistributedDataParallel`` under torchrun; ``step`` / ``total_steps``:
     the run's step count after this step and its planned total (``Method.after_step``)."""
     device_type = views.device.type
-    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16 and device_type == "cuda"):
+    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
         loss = (runner or method)(views, index)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -163,6 +166,11 @@ class Run:
     show_progress: bool
     last: dict                          # the last metrics line
 
+    @property
+    def bf16(self) -> bool:
+        """Whether the steps run under bf16 autocast (``engine.precision``)."""
+        return forward_settings(self.cfg, self.device)[0] is not None
+
 
 def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str], None] = print,
         use_existing_folder: bool = False, overrides=()) -> dict:
@@ -175,6 +183,8 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         RunFolder.check_identity(out_dir, state)   # a copied-in last.pt is refused before anything else
         cfg = resumed_config(state, out_dir, overrides)
         state["overrides"] = list(overrides or [])
+    else:
+        resolve_cpu_precision(cfg)   # a new run records what "null" meant on this CPU
     device, started_group = start_from_environment(resolve_device(cfg.train.device))   # torchrun: join the group
     main = world()[0] == 0   # under torchrun rank 0 alone owns the run folder and prints
     if main and not resume:
@@ -216,7 +226,7 @@ def _build(cfg: Config, state: Optional[dict], device: torch.device, out_dir: Pa
         for network in method.networks():
             network.compile()  # in place: state_dict keys stay those of the plain module
     batches = (make_batches(bundle.train, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.train.batch_size,
-                            device) if cfg.train.epochs > start_epoch else None)
+                            device, cfg.train.cpu_fast_path) if cfg.train.epochs > start_epoch else None)
     if state is not None:   # runs saved before the count was kept: every epoch had the same number of steps
         steps_done = int(state.get("schedule", {}).get("steps_done", start_epoch * (len(batches) if batches else 0)))
     runner = None
@@ -229,7 +239,7 @@ def _build(cfg: Config, state: Optional[dict], device: torch.device, out_dir: Pa
 def _placed_method(cfg: Config, method, device: torch.device):
     """The method on ``device``, its networks in the memory format and BatchNorm mode the config asks for."""
     method = method.to(device)
-    channels_last = device.type == "cuda" and cfg.train.channels_last
+    channels_last = forward_settings(cfg, device)[1] == torch.channels_last
     if channels_last:
         for network in method.networks():
             network.to(memory_format=torch.channels_last)
@@ -249,20 +259,56 @@ def _train(run: Run, report) -> dict:
     """The epochs of ``fit``: an evaluation of the untrained network first, then train, evaluate, checkpoint."""
     cfg, epochs = run.cfg, run.cfg.train.epochs
     report.log(f"{cfg.data.name}: {len(run.bundle.train)} training images, method {cfg.method.name}, "
-               f"{cfg.model.arch} on {run.device}"
+               f"{cfg.model.arch} on {run.device} ({describe_precision(cfg, run.device)})"
                + (f", {type(run.batches).__name__}, {len(run.batches)} step{'s' * (len(run.batches) != 1)}/epoch"
                   if run.batches else ", no training")
                + (f", {world()[1]} processes" if world()[1] > 1 else ""))
     if run.device.type != "cuda" and epochs > run.start_epoch and len(run.bundle.train) > 20000:
-        report.log(f"note: {len(run.bundle.train)} images on the CPU take an hour or more per epoch at full width on "
-                   f"2 cores (the third step prints the estimate); for a quick look train a subset and a narrower "
+        report.log(f"note: {len(run.bundle.train)} images on the CPU take half an hour or more per epoch at full width on "
+                   f"2 cores (the next line estimates it); for a quick look train a subset and a narrower "
                    f"network, e.g. --set data.subset_per_class=500 --set model.width=16")
+    if run.device.type != "cuda" and epochs > run.start_epoch and world()[1] == 1:
+        _announce_cost(run, report)
     if run.start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
         _evaluate_untrained(run, report)
     for epoch in range(run.start_epoch + 1, epochs + 1):
         _train_epoch(run, report, epoch)
     report.close()
     return run.last
+
+
+def _announce_cost(run: Run, report) -> None:
+    """Before any long work on the CPU, what an epoch and an evaluation will cost: one forward + backward + SGD
+    step of a copy of the encoder on random images (no method code runs; the run's state and random streams
+    are untouched)."""
+    import copy
+
+    cfg, steps, views = run.cfg, len(run.batches), run.method.views
+    rng = torch.get_rng_state()
+    encoder = copy.deepcopy(run.method.encoder).train()
+    optimizer = build_optimizer(encoder.parameters(), cfg.optim)
+    memory_format = forward_settings(cfg, run.device)[1]
+    images = torch.randn(views * cfg.train.batch_size, 3, cfg.data.image_size, cfg.data.image_size,
+                         device=run.device).contiguous(memory_format=memory_format)
+    try:
+        t0 = time.perf_counter()
+        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+            out = encoder(images)
+        out.float().square().mean().backward()
+        optimizer.step()
+        per_step = time.perf_counter() - t0
+    finally:
+        torch.set_rng_state(rng)
+    del encoder, optimizer
+    evaluated = sum(len(s) for s in (run.bundle.bank, run.bundle.query) if s is not None)
+    # a forward pass in eval mode costs about a third of a training step per image
+    eval_minutes = evaluated * per_step / (3 * views * cfg.train.batch_size) / 60
+    text = f"CPU: about {per_step:.2f}s per step (the network's step, timed on a copy before training), " \
+           f"{per_step * steps / 60:.1f} min per epoch"
+    if cfg.train.eval_at_start and run.start_epoch == 0 and evaluated and eval_minutes >= 0.5:
+        text += (f"; first the untrained network's evaluation over {evaluated} images, about {eval_minutes:.0f} min "
+                 f"(skip it with --set train.eval_at_start=false)")
+    report.log(text)
 
 
 def _evaluate_untrained(run: Run, report) -> None:
@@ -338,7 +384,7 @@ def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         run.steps_done += 1
-        loss = train_step(run.method, run.optimizer, views, index, cfg.train.bf16, run.runner, run.steps_done,
+        loss = train_step(run.method, run.optimizer, views, index, run.bf16, run.runner, run.steps_done,
                           total_steps)
         total_loss += loss
         if epoch == run.start_epoch + 1 and run.device.type != "cuda" and step in (0, 2) and steps > 3:

@@ -31,6 +31,7 @@ from ..engine.checkpoint import load_run
 from ..engine.features import evaluation_network
 from ..locks import held
 from ..outputs import check_new_path, check_out, new_folder, publish_folder
+from ..data.bundle import usable_workers
 from ..data.sources import DataError, FileImages, scan_image_folder
 
 INDEX_VERSION = 2   # 2: meta.json holds each file's size and SHA-256, verified by search
@@ -127,7 +128,8 @@ def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_siz
     from ..data.transforms import run_eval_transform
     from ..engine.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 
-    loader = DataLoader(_Readable(paths, run_eval_transform(cfg)), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(_Readable(paths, run_eval_transform(cfg)), batch_size=batch_size,
+                        num_workers=usable_workers(num_workers),
                         collate_fn=_collate)
     features = evaluation_network(model, cfg)
     kept, skipped, dim, started = [], [], None, time.perf_counter()
