@@ -129,12 +129,12 @@ def test_the_cost_is_announced_before_the_untrained_evaluation_and_training_is_u
     cost = next(i for i, line in enumerate(lines) if "per step (the network's step, timed on a copy" in line)
     assert cost < next(i for i, line in enumerate(lines) if line.startswith("epoch=0"))
     # the copy's step leaves the run's own state and random streams alone: the same run without it is identical
-    monkeypatched = trainer._announce_cost
-    trainer._announce_cost = lambda run, report: None
+    monkeypatched = trainer.cost_line
+    trainer.cost_line = lambda run: "no estimate"
     try:
         without = trainer.fit(tiny(), tmp_path / "b", log=lambda s: None)
     finally:
-        trainer._announce_cost = monkeypatched
+        trainer.cost_line = monkeypatched
     assert (with_line["loss"], with_line["knn_top1"]) == (without["loss"], without["knn_top1"])
 
 

@@ -25,6 +25,7 @@ from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
 from .checkpoint import load_checkpoint, load_network
+from .estimate import cost_line
 from .evaluation import resolve_protocol
 from .features import source_features
 from .precision import describe as describe_precision
@@ -268,47 +269,13 @@ def _train(run: Run, report) -> dict:
                    f"2 cores (the next line estimates it); for a quick look train a subset and a narrower "
                    f"network, e.g. --set data.subset_per_class=500 --set model.width=16")
     if run.device.type != "cuda" and epochs > run.start_epoch and world()[1] == 1:
-        _announce_cost(run, report)
+        report.log(cost_line(run))
     if run.start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
         _evaluate_untrained(run, report)
     for epoch in range(run.start_epoch + 1, epochs + 1):
         _train_epoch(run, report, epoch)
     report.close()
     return run.last
-
-
-def _announce_cost(run: Run, report) -> None:
-    """Before any long work on the CPU, what an epoch and an evaluation will cost: one forward + backward + SGD
-    step of a copy of the encoder on random images (no method code runs; the run's state and random streams
-    are untouched)."""
-    import copy
-
-    cfg, steps, views = run.cfg, len(run.batches), run.method.views
-    rng = torch.get_rng_state()
-    encoder = copy.deepcopy(run.method.encoder).train()
-    optimizer = build_optimizer(encoder.parameters(), cfg.optim)
-    memory_format = forward_settings(cfg, run.device)[1]
-    images = torch.randn(views * cfg.train.batch_size, 3, cfg.data.image_size, cfg.data.image_size,
-                         device=run.device).contiguous(memory_format=memory_format)
-    try:
-        t0 = time.perf_counter()
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
-            out = encoder(images)
-        out.float().square().mean().backward()
-        optimizer.step()
-        per_step = time.perf_counter() - t0
-    finally:
-        torch.set_rng_state(rng)
-    del encoder, optimizer
-    evaluated = sum(len(s) for s in (run.bundle.bank, run.bundle.query) if s is not None)
-    # a forward pass in eval mode costs about a third of a training step per image
-    eval_minutes = evaluated * per_step / (3 * views * cfg.train.batch_size) / 60
-    text = f"CPU: about {per_step:.2f}s per step (the network's step, timed on a copy before training), " \
-           f"{per_step * steps / 60:.1f} min per epoch"
-    if cfg.train.eval_at_start and run.start_epoch == 0 and evaluated and eval_minutes >= 0.5:
-        text += (f"; first the untrained network's evaluation over {evaluated} images, about {eval_minutes:.0f} min "
-                 f"(skip it with --set train.eval_at_start=false)")
-    report.log(text)
 
 
 def _evaluate_untrained(run: Run, report) -> None:
