@@ -10,8 +10,8 @@ Per row (InvaSpread, the paper's 128 instances = 256 images per step unless --ba
              step, the lr update; both built by the trainer itself (``engine.trainer._build``)
   ratio      full step / floor;  s/epoch: full step x 390 (50,000 CIFAR-10 images / 128)
 Rows: the run's default on this device (``engine.precision``) and the pipeline before the CPU fast path
-(float32, contiguous, PIL augmentation in DataLoader workers), and on a CPU without native bf16 a forced-bf16
-row (emulated: what auto avoids). Median of --steps timed steps after 2 warm-up steps; floor and full steps
+(float32, contiguous, PIL augmentation in DataLoader workers), and the other precision forced: float32 on a
+CPU with native bf16, bf16 (emulated: what auto avoids) on one without. Median of --steps timed steps after 2 warm-up steps; floor and full steps
 alternate, so a shared machine's drift in speed falls on both.
 """
 
@@ -61,6 +61,9 @@ def measure(sets, steps: int):
     stream = run.batches.epoch(cfg.train.seed, 1, run.method.views)
     # the floor cycles through batches drawn before the timing (one fixed batch stepped on again and again
     # measured slower than the full step here: 6.07 s against 4.90 s at full width, float32, 2 cores)
+    if len(run.batches) < steps + 2:
+        raise SystemExit(f"step_floor.py: {len(run.batches)} batches per epoch, {steps + 2} needed for --steps "
+                         f"{steps} (2 warm-up steps first): raise --subset-per-class")
     drawn = [next(stream) for _ in range(steps + 2)]
     stream = run.batches.epoch(cfg.train.seed, 2, run.method.views)
 
@@ -101,7 +104,9 @@ def main():
     variants = [("default", [])]
     if device.type == "cpu":
         variants.append(("before the fast path", ["train.cpu_fast_path=false", "train.cpu_bf16=false"]))
-        if not cpu_computes_bf16():
+        if cpu_computes_bf16():
+            variants.append(("float32 forced", ["train.cpu_bf16=false"]))
+        else:
             variants.append(("bf16 forced", ["train.cpu_bf16=true"]))
     else:
         variants.append(("fp32, PIL workers", ["train.bf16=false", "train.channels_last=false",

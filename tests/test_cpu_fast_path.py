@@ -125,17 +125,21 @@ def test_loader_workers_never_exceed_the_cores():
 
 def test_the_cost_is_announced_before_the_untrained_evaluation_and_training_is_unchanged(tmp_path):
     lines = []
-    with_line = trainer.fit(tiny(), tmp_path / "a", log=lines.append)
+    assert trainer.ESTIMATE_FROM_STEPS <= 20   # 5 steps per epoch: 4 epochs are announced
+    with_line = trainer.fit(tiny(["train.epochs=4"]), tmp_path / "a", log=lines.append)
     cost = next(i for i, line in enumerate(lines) if "per step (the network's step, timed on a copy" in line)
     assert cost < next(i for i, line in enumerate(lines) if line.startswith("epoch=0"))
     # the copy's step leaves the run's own state and random streams alone: the same run without it is identical
     monkeypatched = trainer.cost_line
     trainer.cost_line = lambda run: "no estimate"
     try:
-        without = trainer.fit(tiny(), tmp_path / "b", log=lambda s: None)
+        without = trainer.fit(tiny(["train.epochs=4"]), tmp_path / "b", log=lambda s: None)
     finally:
         trainer.cost_line = monkeypatched
     assert (with_line["loss"], with_line["knn_top1"]) == (without["loss"], without["knn_top1"])
+    short = []   # 10 steps: not worth a step of estimate
+    trainer.fit(tiny(), tmp_path / "c", log=short.append)
+    assert not any("timed on a copy" in line for line in short) and any(ln.startswith("epoch=2") for ln in short)
 
 
 def test_sigterm_ends_train_with_the_interrupted_line(tmp_path):

@@ -6,7 +6,9 @@ instead: the epoch is its rows in order, view v of row l drawn from image ``plan
 holds row ids (see ``Method.epoch_plan``).
 
 Both sources draw everything random in an epoch (shuffle order, augmentation) from generators
-seeded by (seed, epoch), so a run resumed at an epoch boundary repeats exactly what an
+seeded by (seed, epoch), and both seed the global random stream by (seed, epoch, rank) when the
+epoch's first batch is drawn (what a method draws per step without a generator: NCE's noise,
+Triplet's random negatives), so a run resumed at an epoch boundary repeats exactly what an
 uninterrupted run does. The epoch's permutation is ``randperm(N)`` seeded by (seed, epoch) on both
 sources; under torchrun every rank takes its slice of every global batch, so K processes train on the
 very instances, step by step, of one process.
@@ -87,6 +89,7 @@ class DeviceBatches:
 
     def epoch(self, seed: int, epoch: int, views: int = 2, plan: Optional[torch.Tensor] = None) -> Iterator[Batch]:
         s = epoch_seed(seed, epoch)
+        torch.manual_seed(s + self.rank)  # the global stream of the epoch's steps, as CPUBatches seeds it
         gen = torch.Generator(device=self.device).manual_seed(s + self.rank)
         if plan is not None:
             plan = _checked_plan(plan, views, self.images.shape[0]).to(self.device)

@@ -115,6 +115,10 @@ def load_encoder_weights(model, path) -> None:
     load_network(model, load_checkpoint(Path(path).expanduser())["model"], f"model.init_from={path}")
 
 
+# a CPU run of fewer steps is not announced: the estimate costs a step of its own (5 % of 20 steps), and such a
+# run says its cost after its third step anyway
+ESTIMATE_FROM_STEPS = 20
+
 RESUME_OVERRIDES = RESUMABLE_KEYS   # the one list (``config.RESUMABLE_KEYS``), under the name callers know
 
 
@@ -265,10 +269,11 @@ def _train(run: Run, report) -> dict:
                   if run.batches else ", no training")
                + (f", {world()[1]} processes" if world()[1] > 1 else ""))
     if run.device.type != "cuda" and epochs > run.start_epoch and len(run.bundle.train) > 20000:
-        report.log(f"note: {len(run.bundle.train)} images on the CPU take half an hour or more per epoch at full width on "
+        report.log(f"note: {len(run.bundle.train)} images on the CPU take 10-40 minutes per epoch at full width on "
                    f"2 cores (the next line estimates it); for a quick look train a subset and a narrower "
                    f"network, e.g. --set data.subset_per_class=500 --set model.width=16")
-    if run.device.type != "cuda" and epochs > run.start_epoch and world()[1] == 1:
+    planned_steps = len(run.batches) * (epochs - run.start_epoch)
+    if run.device.type != "cuda" and planned_steps >= ESTIMATE_FROM_STEPS and world()[1] == 1:
         report.log(cost_line(run))
     if run.start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
         _evaluate_untrained(run, report)
