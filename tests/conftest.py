@@ -16,17 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR10_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
 
 
-def pytest_configure(config):
-    """Under pytest-xdist (``-n 2``, the README's command) the workers split the cores between them: one
-    intra-op thread each on 2 cores, where two threads would contend (a width-8 training runs 1.2x faster on
-    2 threads than on 1, so 2 workers of 1 thread do 1.65x the work of 1 worker of 2)."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        import torch
-
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // workers))
-
-
 def cifar10_archive() -> Path:
     """The shared CIFAR-10 JPEG copy; required in CI, skipped elsewhere when absent."""
     if not CIFAR10_ARCHIVE.is_file():
