@@ -19,6 +19,7 @@ import time
 import torch
 
 from invaspread.config import load_config
+from invaspread.engine.step import split_output
 from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
 from invaspread.methods import METHODS, build_method
 from invaspread.models import build_model
@@ -88,12 +89,12 @@ def main():
         method.embed = lambda views_, *_, **__: fixed[:views_.shape[0]].clone().requires_grad_(True)
 
         def loss_and_state():
-            loss = method.training_step(views, index)
+            loss, outputs = split_output(method.training_step(views, index), method)
             loss.backward()
             if own_optimizer is not None:
                 own_optimizer.step()
                 own_optimizer.zero_grad(set_to_none=True)
-            method.after_step(1, 1)
+            method.after_step(1, 1, *([] if outputs is None else [outputs]))
 
         own_s = timed(loss_and_state, max(args.steps, 10), device, args.warmup)
         rows.append((name, method.views, method.views * args.batch_size, step_s, own_s,

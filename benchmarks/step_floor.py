@@ -32,6 +32,17 @@ from invaspread.engine.precision import cpu_computes_bf16, describe, resolve_cpu
 EPOCH_STEPS = 50000 // 128
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``): machines of one kind differ, and so do their floors."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -99,7 +110,7 @@ def main():
     base = data + [f"train.device={args.device}", f"train.batch_size={args.batch}", "train.progress=false",
                    f"data.num_workers={args.workers}", "train.epochs=1"]
     device = trainer.resolve_device(args.device)
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}; torch "
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()}; torch "
           f"{torch.__version__}; {torch.get_num_threads()} threads; native bf16 on this CPU: {cpu_computes_bf16()}")
     variants = [("default", [])]
     if device.type == "cpu":

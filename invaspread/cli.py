@@ -63,7 +63,13 @@ def cmd_config(args) -> int:
 
     from .config import describe, load_config
 
-    cfg = load_config(resolve_config_path(args.name, "config") if args.name else None, list(args.set or []))
+    path = resolve_config_path(args.name, "config") if args.name else None
+    cfg = load_config(path, list(args.set or []))
+    if path is not None:   # the file's own header: the recipe's sources, its arithmetic, its named differences
+        for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.startswith("#"):
+                break
+            print(line)
     print(f"# {args.name or 'defaults'}: every key, its value and what it means (--set section.key=value)")
     opened: list = []  # the sections (and sub-sections) whose header is printed
     for key, value, meaning in describe(cfg):

@@ -61,6 +61,7 @@ class ModelConfig:
     embedding_dim: int = 128  # size of the L2-normalised embedding (paper: 128)
     head: str = "linear"  # embedding head on the pooled features: linear (the paper's fc) | mlp (Linear-ReLU-Linear: SimCLR, MoCo v2) | mlp_bn (Linear-BN-ReLU-Linear: BYOL)
     head_hidden: int = 2048  # hidden width of an mlp / mlp_bn head
+    head_last_bias: bool = True  # the head's last Linear has a bias; false = none (BYOL's and SimCLR's authors' projectors)
     bn_groups: int = 1  # BatchNorm statistics over all images of a step (1) or G chunks (released code: 4 GPUs)
     frozen_bn: Optional[bool] = None  # BatchNorm keeps its running statistics in training; null = when pretrained
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks' images (false: each rank's share, like the released DataParallel)
@@ -72,7 +73,8 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 0.03  # initial SGD learning rate (paper: 0.03)
     momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 5e-4  # L2 weight decay of every trained parameter
+    weight_decay: float = 5e-4  # L2 weight decay of the trained parameters
+    decay_norm_and_bias: bool = True  # weight decay on BatchNorm weights and biases too; false = on kernels and matrices only (the successors' authors' LARS recipes)
     nesterov: bool = False  # Nesterov momentum
     dampening: float = 0.0  # SGD dampening of the momentum buffer (gtolias/mom's train.py: 0.9)
     schedule: str = "step"  # "step" (multiply by decay_factors at decay_epochs) | "cosine" | "constant"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import REPO, install_readme_plugin, train_until_first_checkpoint
+from conftest import tiny_method_config as tiny
 from invaspread.config import ConfigError, from_dict, load_config
 from invaspread.engine import trainer
 from invaspread.engine.checkpoint import load_checkpoint
@@ -107,25 +108,18 @@ def test_target_momentum_is_byols_cosine_schedule_and_ema_is_the_convex_combinat
         torch.testing.assert_close(t, 0.9 * b + 0.1 * o.detach())
 
 
-def tiny(name, extra=()):
-    return load_config(None, ["model.width=8", "model.embedding_dim=16", "data.image_size=16", "train.batch_size=16",
-                              "data.subset_per_class=8", "data.num_workers=0", "train.progress=false", "eval.knn_k=5",
-                              "optim.schedule=cosine", f"method.name={name}", "train.epochs=2", "model.head_hidden=32",
-                              "method.byol.predictor_hidden=32", "method.mocov2.queue=40", *extra])
-
-
 def test_moco_queue_takes_the_steps_keys_in_order_and_the_key_encoder_follows():
     cfg = tiny("mocov2", ["method.mocov2.momentum=0.9"])
     method = build_method(cfg, build_model(cfg.model), 40)
     optimizer = torch.optim.SGD(method.parameter_groups(), lr=0.1)
     for step in range(1, 4):                                           # 3 x 16 keys into a queue of 40: wraps
         key_before = [p.clone() for p in method.key_encoder.parameters()]
-        loss = method.training_step(torch.randn(2, 16, 3, 16, 16), torch.arange(16))
-        keys, pointer = method._keys.clone(), int(method.queue_pointer)
+        outputs = method.training_step(torch.randn(2, 16, 3, 16, 16), torch.arange(16))
+        keys, pointer = outputs["keys"].clone(), int(method.queue_pointer)
         optimizer.zero_grad()
-        loss.backward()
+        outputs["loss"].backward()
         optimizer.step()
-        method.after_step(step, 3)
+        method.after_step(step, 3, outputs)
         rows = [(pointer + i) % 40 for i in range(16)]
         torch.testing.assert_close(method.queue[rows], F.normalize(keys, dim=1))
         assert int(method.queue_pointer) == (pointer + 16) % 40
@@ -194,7 +188,7 @@ def test_eval_features_pooled_reads_the_backbone_and_the_key_overrides_the_metho
     for name, extra, pooled in (("simclr", (), True), ("invaspread", (), False),
                                 ("simclr", ("eval.features=embedding",), False),
                                 ("invaspread", ("eval.features=pooled",), True)):
-        cfg = tiny(name, extra)
+        cfg = tiny(name, ("train.cpu_bf16=false", *extra))   # compared in float32, on any CPU
         model = build_model(cfg.model).eval()
         with torch.no_grad():
             out = evaluation_network(model, cfg)(x)

@@ -315,3 +315,17 @@ def test_a_row_that_diverges_or_ends_below_random_is_marked_diverged_with_its_nu
     assert records["ours"]["status"] == "diverged" and "became NaN" in records["ours"]["error"]
     md = (tmp_path / "table1.md").read_text()
     assert "| 25.0 |" in md and "diverged: knn_top1 25.0 is below" in md
+
+
+def test_a_row_asked_with_auto_precision_matches_its_run_whatever_the_cpu_resolved_it_to():
+    """``train.cpu_bf16: null`` is resolved when a run starts (true on a CPU with native bf16): a finished row is
+    the row asked again, on either kind of CPU; an explicit other precision is another run."""
+    from invaspread.report.table_runner import differing_keys
+
+    asked = load_config(None, []).to_dict()
+    assert asked["train"]["cpu_bf16"] is None
+    for resolved in (True, False):
+        saved = load_config(None, [f"train.cpu_bf16={str(resolved).lower()}"]).to_dict()
+        assert differing_keys(saved, asked) == [] and differing_keys(asked, saved) == []
+        other = load_config(None, [f"train.cpu_bf16={str(not resolved).lower()}"]).to_dict()
+        assert differing_keys(saved, other) == ["train.cpu_bf16"]

@@ -32,6 +32,7 @@ from .precision import describe as describe_precision
 from .precision import forward_settings, resolve_cpu_precision
 from .reporter import Reporter, Silent
 from .run_folder import RunFolder
+from .step import build_optimizer, train_step
 from .tensorboard import summary_writer_class
 
 
@@ -69,27 +70,6 @@ def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
                 factor = f
         return lr * factor
     return lr
-
-
-def train_step(method, optimizer, views, index, bf16: bool, runner=None, step: int = 1,
-               total_steps: int = 1) -> torch.Tensor:
-    """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast to bf16 on the
-    batch's device (``engine.precision`` decides when: CUDA, a CPU that computes bf16 natively).
-    ``runner``: the method wrapped in ``DistributedDataParallel`` under torchrun; ``step`` / ``total_steps``:
-    the run's step count after this step and its planned total (``Method.after_step``)."""
-    device_type = views.device.type
-    with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
-        loss = (runner or method)(views, index)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    method.after_step(step, total_steps)
-    return loss.detach()
-
-
-def build_optimizer(parameters, optim_cfg) -> torch.optim.Optimizer:
-    return torch.optim.SGD(parameters, lr=optim_cfg.lr, momentum=optim_cfg.momentum, dampening=optim_cfg.dampening,
-                           weight_decay=optim_cfg.weight_decay, nesterov=optim_cfg.nesterov)
 
 
 def method_checkpoint_state(method) -> dict:
@@ -272,7 +252,7 @@ def _train(run: Run, report) -> dict:
         report.log(f"note: {len(run.bundle.train)} images on the CPU take 10-40 minutes per epoch at full width on "
                    f"2 cores (the next line estimates it); for a quick look train a subset and a narrower "
                    f"network, e.g. --set data.subset_per_class=500 --set model.width=16")
-    planned_steps = len(run.batches) * (epochs - run.start_epoch)
+    planned_steps = len(run.batches) * (epochs - run.start_epoch) if run.batches else 0   # method random: none
     if run.device.type != "cuda" and planned_steps >= ESTIMATE_FROM_STEPS and world()[1] == 1:
         report.log(cost_line(run))
     if run.start_epoch == 0 and (cfg.train.eval_at_start or epochs == 0):
@@ -302,11 +282,12 @@ def _train_epoch(run: Run, report, epoch: int) -> None:
     t_start = time.perf_counter()
     plan = _start_epoch(run, epoch)
     start_seconds = time.perf_counter() - t_start
-    mean_loss, lr, steps, train_seconds = _run_steps(run, report, epoch, plan)
+    mean_loss, lr, steps, train_seconds, reported = _run_steps(run, report, epoch, plan)
     _check_finite(run, report, epoch, mean_loss)
     run.last = {"epoch": epoch, "loss": mean_loss, "lr": lr, "train_seconds": train_seconds,
                 "epoch_start_seconds": start_seconds,
-                "images_per_second": run.method.views * steps * cfg.train.batch_size / train_seconds}
+                "images_per_second": run.method.views * steps * cfg.train.batch_size / train_seconds,
+                **reported}   # the method's own names, none of the above (``engine.step.METRICS_KEYS``)
     every = cfg.train.eval_every
     if epoch == cfg.train.epochs or (every > 0 and epoch % every == 0):
         run.last.update(report.evaluate(run, nmi=epoch == cfg.train.epochs))   # rank 0; the others wait at barrier
@@ -340,7 +321,8 @@ def _start_epoch(run: Run, epoch: int) -> Optional[torch.Tensor]:
 
 
 def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
-    """The SGD steps of one epoch; returns (mean loss over steps and ranks, last lr, steps, seconds)."""
+    """The SGD steps of one epoch; returns (mean loss over steps and ranks, last lr, steps, seconds, the method's
+    reported scalars averaged the same way)."""
     from tqdm.auto import tqdm
 
     cfg, epochs = run.cfg, run.cfg.train.epochs
@@ -349,6 +331,7 @@ def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
     run.method.train()
     t0 = time.perf_counter()
     total_loss = torch.zeros((), device=run.device)
+    scalar_totals = {}   # the method's reported scalars, summed by name (``engine.step``)
     stream = run.batches.epoch(cfg.train.seed, epoch, run.method.views, plan)
     bar = tqdm(stream, total=steps, desc=f"epoch {epoch}/{epochs}", disable=not run.show_progress, leave=False)
     for step, (views, index) in enumerate(bar):
@@ -357,7 +340,7 @@ def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
             group["lr"] = lr * group.get("lr_scale", 1.0)
         run.steps_done += 1
         loss = train_step(run.method, run.optimizer, views, index, run.bf16, run.runner, run.steps_done,
-                          total_steps)
+                          total_steps, scalar_totals)
         total_loss += loss
         if epoch == run.start_epoch + 1 and run.device.type != "cuda" and step in (0, 2) and steps > 3:
             # on the CPU, say early what an epoch will cost (the first step also starts the loader)
@@ -372,7 +355,8 @@ def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     train_seconds = time.perf_counter() - t0
-    return mean_over_ranks(total_loss).item() / steps, lr, steps, train_seconds   # the mean over ranks and steps
+    means = {name: mean_over_ranks(total).item() / steps for name, total in scalar_totals.items()}
+    return mean_over_ranks(total_loss).item() / steps, lr, steps, train_seconds, means   # over ranks and steps
 
 
 def _check_finite(run: Run, report, epoch: int, mean_loss: float) -> None:

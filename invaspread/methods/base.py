@@ -21,6 +21,10 @@ The trainer's contract::
             loss.backward(); optimizer.step()
             method.after_step(step, total_steps)         # banks, queues, EMA targets (global step, planned total)
 
+``training_step`` may instead return a dict, the loss under ``"loss"``: its other 0-d tensors are reported
+(averaged over the epoch into ``metrics.jsonl`` and TensorBoard under their names), and the whole dict, detached,
+comes back as ``after_step(step, total_steps, outputs)`` (MoCo's keys enter its queue so; ``engine.step``).
+
 ``index`` holds instance ids, or, when the method planned the epoch (``epoch_plan``), row ids of its plan.
 Everything a method draws at random per epoch comes from ``epoch_generator(seed, epoch, salt)``, so a resumed run
 repeats an uninterrupted one. Which features ``eval``, ``embed`` and ``index`` read is ``eval.features``; ``auto``
@@ -61,7 +65,9 @@ class Method(nn.Module):
     Class attributes: ``views`` (augmented views per instance in a batch), ``trainable`` (False for
     a method that only evaluates the network as built), ``Config`` (its settings dataclass, or None),
     ``config_section`` (the section of ``method`` holding them when not the registry name: methods that share
-    settings), ``eval_features`` (what ``eval.features=auto`` reads: "embedding" or "pooled").
+    settings), ``eval_features`` (what ``eval.features=auto`` reads: "embedding" or "pooled"),
+    ``separate_views`` (``embed`` forwards each view in its own pass, so BatchNorm normalises every view by its
+    own batch statistics, as SimCLR's and BYOL's authors' code does; False: all V x B images in one pass).
     """
 
     views: int = 2
@@ -69,6 +75,7 @@ class Method(nn.Module):
     Config: Optional[type] = None
     config_section: Optional[str] = None
     eval_features: str = "embedding"
+    separate_views: bool = False
 
     @classmethod
     def settings_section(cls, name: str) -> str:
@@ -124,7 +131,9 @@ class Method(nn.Module):
         """(V, B, 3, H, W) -> (V, B, d): all V x B images in one forward pass, so BatchNorm sees every
         view of the batch together (with ``bn_groups`` > 1: G chunks, see ``configure_forward``).
         ``normalized=False``: the embedding layer's output before its L2 normalisation; ``network``: another of
-        ``networks()`` than the encoder (a momentum copy)."""
+        ``networks()`` than the encoder (a momentum copy). With ``separate_views``: one pass per view."""
+        if self.separate_views and views.shape[0] > 1:
+            return torch.cat([self.embed(views[i:i + 1], normalized, network) for i in range(views.shape[0])])
         v, b = views.shape[:2]
         x = views.reshape(v * b, *views.shape[2:]).contiguous(memory_format=self.input_memory_format)
         network = self.encoder if network is None else network
@@ -150,19 +159,21 @@ class Method(nn.Module):
             for m, momentum in zip(norms, saved):
                 m.momentum = momentum
 
-    def training_step(self, views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The scalar loss of one batch: views (V, B, 3, H, W) of the instances ``index`` (B,) int64."""
+    def training_step(self, views: torch.Tensor, index: torch.Tensor):
+        """The scalar loss of one batch: views (V, B, 3, H, W) of the instances ``index`` (B,) int64; or a dict
+        with the loss under ``"loss"`` and named scalars to report and tensors for ``after_step``."""
         raise NotImplementedError(f"{type(self).__name__} does not train")
 
     def forward(self, views: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``training_step``: what ``DistributedDataParallel(method)(views, index)`` runs."""
         return self.training_step(views, index)
 
-    def after_step(self, step: int, total_steps: int) -> None:
+    def after_step(self, step: int, total_steps: int, outputs: Optional[dict] = None) -> None:
         """Called after every optimizer step (memory banks, queues, EMA targets). ``step``: optimizer steps done in
         the run, this one included (1-based, counted across resumes: saved in the checkpoint); ``total_steps``:
         the steps the run plans in all (``train.epochs`` x steps per epoch; extending a run raises it from the
-        resumed epoch on, as it stretches a cosine lr schedule)."""
+        resumed epoch on, as it stretches a cosine lr schedule); ``outputs``: the step's dict, detached, for a
+        method whose ``training_step`` returns one (only then is it passed)."""
 
     def on_epoch_start(self, epoch: int, train_features: Callable[[bool], torch.Tensor]) -> None:
         """Called before every epoch (1-based). ``train_features(pooled, network=None)`` embeds the un-augmented

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..config import require, require_positive
 from ..losses import BYOLLoss
@@ -32,6 +33,8 @@ class BYOLConfig:
     # SimSiam keeps the predictor's lr fixed and Tian et al. 2021 find a faster predictor helps; measured in
     # benchmarks/byol_small_scale.py
     predictor_lr_scale: float = 1.0  # the predictor's lr = this x the scheduled lr (BYOL: 1, one optimizer for all)
+    predictor_last_bias: bool = True  # the predictor's last Linear has a bias (the authors' has none: false)
+    separate_views: bool = False  # forward each view alone (BatchNorm statistics per view, the authors' code); false = both views in one pass
 
     def check(self, prefix: str) -> None:
         require(0 <= self.momentum <= 1, f"{prefix}.momentum", self.momentum, "0 <= momentum <= 1")
@@ -50,17 +53,19 @@ class BYOL(Method):
     eval_features = "pooled"
 
     def __init__(self, encoder, embedding_dim: int, momentum: float = 0.996, predictor_hidden: int = 4096,
-                 predictor_lr_scale: float = 1.0):
+                 predictor_lr_scale: float = 1.0, predictor_last_bias: bool = True, separate_views: bool = False):
         super().__init__(encoder)
+        self.separate_views = bool(separate_views)
         self.target = self.momentum_copy(encoder)
-        self.predictor = make_head("mlp_bn", embedding_dim, embedding_dim, predictor_hidden)
+        self.predictor = make_head("mlp_bn", embedding_dim, embedding_dim, predictor_hidden, predictor_last_bias)
         self.loss, self.base_momentum = BYOLLoss(), float(momentum)
         self.predictor_lr_scale = float(predictor_lr_scale)
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
         c = cls.settings(cfg)
-        return cls(encoder, cfg.model.embedding_dim, c.momentum, c.predictor_hidden, c.predictor_lr_scale)
+        return cls(encoder, cfg.model.embedding_dim, c.momentum, c.predictor_hidden, c.predictor_lr_scale,
+                   c.predictor_last_bias, c.separate_views)
 
     def parameter_groups(self):
         if self.predictor_lr_scale == 1:   # one group, as BYOL runs saved before the option have in their checkpoint
@@ -70,10 +75,19 @@ class BYOL(Method):
     def training_step(self, views, index):
         v, b = views.shape[:2]
         projections = self.embed(views, normalized=False)                      # (2, B, d) online
-        predictions = self.predictor(projections.flatten(0, 1)).view(v, b, -1)
+        if self.separate_views:   # the predictor's BatchNorm, too, sees one view at a time
+            predictions = torch.stack([self.predictor(projections[i]) for i in range(v)])
+        else:
+            predictions = self.predictor(projections.flatten(0, 1)).view(v, b, -1)
         with torch.no_grad():                                                  # targets: BYOL's stop-gradient
             targets = self.embed(views, normalized=False, network=self.target)  # (2, B, d)
-        return self.loss(predictions[0], targets[1]) + self.loss(predictions[1], targets[0])
+        loss = self.loss(predictions[0], targets[1]) + self.loss(predictions[1], targets[0])
+        with torch.no_grad():   # reported (metrics.jsonl): how close the predictions are, whether targets collapse
+            z = F.normalize(targets.flatten(0, 1).float(), dim=1)
+            return {"loss": loss,
+                    "cosine": 1 - loss.detach() / 4,   # the mean cos(p, z) of both directions: loss = 4 - 2 (c12 + c21)
+                    # per-dimension std of the normalised targets x sqrt(d): about 1 spread over the sphere, 0 collapsed
+                    "target_spread": z.std(0).mean() * z.shape[1] ** 0.5}
 
-    def after_step(self, step, total_steps):
+    def after_step(self, step, total_steps, outputs=None):
         ema_update(self.target, self.encoder, target_momentum(self.base_momentum, step, total_steps))

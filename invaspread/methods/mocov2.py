@@ -16,7 +16,6 @@ asymmetric one (query view 1, key view 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +52,6 @@ class MoCoV2(Method):
         self.loss, self.momentum = MoCoLoss(temperature), float(momentum)
         self.register_buffer("queue", F.normalize(torch.randn(queue, embedding_dim), dim=1))   # (K, d)
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
-        self._keys: Optional[torch.Tensor] = None
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
@@ -64,15 +62,12 @@ class MoCoV2(Method):
         q = self.embed(views[:1])[0]                                          # (B, d) queries, view 1
         with torch.no_grad():                                                 # keys: MoCo's stop-gradient
             k = self.embed(views[1:], network=self.key_encoder)[0]            # (B, d) keys, view 2
-        self._keys = k
-        return self.loss(q, k, self.queue)
+        return {"loss": self.loss(q, k, self.queue), "keys": k}              # the keys enter the queue after the step
 
     @torch.no_grad()
-    def after_step(self, step, total_steps):
+    def after_step(self, step, total_steps, outputs):
         ema_update(self.key_encoder, self.encoder, self.momentum)
-        if self._keys is not None:
-            keys = gather_rows(self._keys, with_grad=False)[0].to(self.queue.dtype)   # every rank's, rank order
-            rows = (self.queue_pointer + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
-            self.queue[rows] = F.normalize(keys, dim=1)
-            self.queue_pointer.copy_((self.queue_pointer + keys.shape[0]) % self.queue.shape[0])
-            self._keys = None
+        keys = gather_rows(outputs["keys"], with_grad=False)[0].to(self.queue.dtype)   # every rank's, rank order
+        rows = (self.queue_pointer + torch.arange(keys.shape[0], device=keys.device)) % self.queue.shape[0]
+        self.queue[rows] = F.normalize(keys, dim=1)
+        self.queue_pointer.copy_((self.queue_pointer + keys.shape[0]) % self.queue.shape[0])

@@ -22,6 +22,7 @@ class SimCLRConfig:
     """SimCLR's NT-Xent loss."""
 
     temperature: float = 0.5  # tau of NT-Xent (SimCLR's CIFAR-10 runs: 0.5)
+    separate_views: bool = False  # forward each view alone (BatchNorm statistics per view, the authors' code); false = both views in one pass
 
     def check(self, prefix: str) -> None:
         require_temperature(f"{prefix}.temperature", self.temperature)
@@ -32,14 +33,16 @@ class SimCLR(Method):
     Config = SimCLRConfig
     eval_features = "pooled"   # SimCLR evaluates the representation before the projector
 
-    def __init__(self, encoder, temperature: float = 0.5):
+    def __init__(self, encoder, temperature: float = 0.5, separate_views: bool = False):
         super().__init__(encoder)
+        self.separate_views = bool(separate_views)
         # under torchrun every rank's anchors meet the views of all ranks (gathered with gradient)
         self.loss = NTXentLoss(temperature, gather_distributed=world()[1] > 1)
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        return cls(encoder, cls.settings(cfg).temperature)
+        c = cls.settings(cfg)
+        return cls(encoder, c.temperature, c.separate_views)
 
     def training_step(self, views, index):
         z = self.embed(views)                                  # (2, B, d)

@@ -28,7 +28,7 @@ def build_model(cfg) -> EmbeddingNet:
     if cfg.arch not in BACKBONES:
         raise ValueError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(BACKBONES)}")
     backbone, feature_dim = BACKBONES[cfg.arch](cfg)
-    return EmbeddingNet(backbone, feature_dim, cfg.embedding_dim, cfg.head, cfg.head_hidden)
+    return EmbeddingNet(backbone, feature_dim, cfg.embedding_dim, cfg.head, cfg.head_hidden, cfg.head_last_bias)
 
 
 __all__ = ["BACKBONES", "CifarResNet", "EmbeddingNet", "make_head", "PretrainedWeightsUnavailable", "build_model"]

@@ -7,16 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def make_head(kind: str, feature_dim: int, embedding_dim: int, hidden: int = 2048) -> nn.Module:
+def make_head(kind: str, feature_dim: int, embedding_dim: int, hidden: int = 2048, last_bias: bool = True) -> nn.Module:
     """``model.head``: "linear" (the paper's fc layer), "mlp" (Linear-ReLU-Linear: the projector of SimCLR and
-    MoCo v2), "mlp_bn" (Linear-BatchNorm-ReLU-Linear: BYOL's projector)."""
+    MoCo v2), "mlp_bn" (Linear-BatchNorm-ReLU-Linear: BYOL's projector). ``last_bias=False``: the last Linear has
+    no bias (BYOL's and SimCLR's authors' MLPs)."""
+    last = nn.Linear(feature_dim if kind == "linear" else hidden, embedding_dim, bias=last_bias)
     if kind == "linear":
-        return nn.Linear(feature_dim, embedding_dim)
+        return last
     if kind == "mlp":
-        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embedding_dim))
+        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), last)
     if kind == "mlp_bn":
-        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                             nn.Linear(hidden, embedding_dim))
+        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), last)
     raise ValueError(f"model.head={kind!r}: expected linear, mlp or mlp_bn")
 
 
@@ -28,10 +29,10 @@ class EmbeddingNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, embedding_dim: int = 128, head: str = "linear",
-                 hidden: int = 2048):
+                 hidden: int = 2048, last_bias: bool = True):
         super().__init__()
         self.backbone = backbone
-        self.head = make_head(head, feature_dim, embedding_dim, hidden)
+        self.head = make_head(head, feature_dim, embedding_dim, hidden, last_bias)
         self.embedding_dim = embedding_dim
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:

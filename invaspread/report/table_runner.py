@@ -77,7 +77,9 @@ def row_command(row: Row, data_dir, out: Path, epochs, sets) -> str:
 
 def differing_keys(a: dict, b: dict, ignore=VOLATILE) -> List[str]:
     """Dotted keys (two levels, or three for method sub-sections) whose values differ between two config dicts
-    (each completed with the keys added since it was saved)."""
+    (each completed with the keys added since it was saved). ``train.cpu_bf16: null`` (what this CPU computes
+    fast, resolved when a run starts) matches the value the other side's run resolved it to."""
+    a, b = _resolved_like(a, b), _resolved_like(b, a)
     a, b = _completed_or_same(a), _completed_or_same(b)
     out = []
     for section in sorted(set(a) | set(b)):
@@ -90,6 +92,14 @@ def differing_keys(a: dict, b: dict, ignore=VOLATILE) -> List[str]:
             elif va != vb and f"{section}.{key}" not in ignore:
                 out.append(f"{section}.{key}")
     return out
+
+
+def _resolved_like(data: dict, other: dict) -> dict:
+    train, theirs = data.get("train"), other.get("train")
+    if isinstance(train, dict) and isinstance(theirs, dict) and "cpu_bf16" in train and train["cpu_bf16"] is None \
+            and isinstance(theirs.get("cpu_bf16"), bool):
+        return {**data, "train": {**train, "cpu_bf16": theirs["cpu_bf16"]}}
+    return data
 
 
 def _completed_or_same(data: dict) -> dict:
