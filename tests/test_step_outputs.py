@@ -54,7 +54,7 @@ class NamesTheLr(METHODS["invaspread"]):
 
 class ReturnsAFloat(METHODS["invaspread"]):
     def training_step(self, views, index):
-        return float(super().training_step(views, index))
+        return float(super().training_step(views, index).detach())
 
 
 @pytest.mark.parametrize("cls, message", [

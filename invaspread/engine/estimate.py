@@ -28,6 +28,11 @@ def network_step_seconds(network: torch.nn.Module, images: torch.Tensor, bf16: b
         torch.set_rng_state(rng)
 
 
+def duration(seconds: float) -> str:
+    """'40 s' under a minute, else '11.0 min'."""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def cost_line(run) -> str:
     """'CPU: about 5.44s per step (...), 35.3 min per epoch[; first the untrained network's evaluation ...]' for a
     ``trainer.Run`` about to train."""
@@ -37,7 +42,7 @@ def cost_line(run) -> str:
     per_step = network_step_seconds(run.method.encoder, images.contiguous(memory_format=memory_format), run.bf16,
                                     cfg.optim)
     text = (f"CPU: about {per_step:.2f}s per step (the network's step, timed on a copy before training), "
-            f"{per_step * len(run.batches) / 60:.1f} min per epoch")
+            f"{duration(per_step * len(run.batches))} per epoch")
     evaluated = sum(len(s) for s in (run.bundle.bank, run.bundle.query) if s is not None)
     # a forward pass in eval mode costs about a third of a training step per image
     eval_minutes = evaluated * per_step / (3 * views * cfg.train.batch_size) / 60

@@ -25,7 +25,7 @@ from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
 from .checkpoint import load_checkpoint, load_network
-from .estimate import cost_line
+from .estimate import cost_line, duration
 from .evaluation import resolve_protocol
 from .features import source_features
 from .precision import describe as describe_precision
@@ -348,8 +348,8 @@ def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
                 first_done = time.perf_counter()
             else:
                 per_step = (time.perf_counter() - first_done) / 2
-                report.log(f"CPU: {per_step:.2f}s per step, about {(first_done - t0 + per_step * (steps - 1)) / 60:.1f}"
-                           f" min per epoch")
+                report.log(f"CPU: {per_step:.2f}s per step, about "
+                           f"{duration(first_done - t0 + per_step * (steps - 1))} per epoch")
         if run.show_progress and step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
     if run.device.type == "cuda":
