@@ -19,7 +19,7 @@ import time
 import torch
 
 from invaspread.config import load_config
-from invaspread.engine.step import split_output
+from invaspread.engine.step import after_step, split_output
 from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
 from invaspread.methods import METHODS, build_method
 from invaspread.models import build_model
@@ -94,7 +94,7 @@ def main():
             if own_optimizer is not None:
                 own_optimizer.step()
                 own_optimizer.zero_grad(set_to_none=True)
-            method.after_step(1, 1, *([] if outputs is None else [outputs]))
+            after_step(method, 1, 1, outputs)
 
         own_s = timed(loss_and_state, max(args.steps, 10), device, args.warmup)
         rows.append((name, method.views, method.views * args.batch_size, step_s, own_s,

@@ -52,15 +52,22 @@ def train_step(method, optimizer, views, index, bf16: bool, runner=None, step: i
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    if outputs is None:
-        method.after_step(step, total_steps)
-        return loss.detach()
-    outputs = {name: value.detach() if isinstance(value, torch.Tensor) else value for name, value in outputs.items()}
-    method.after_step(step, total_steps, outputs)
-    if scalars is not None:
+    outputs = after_step(method, step, total_steps, outputs)
+    if outputs is not None and scalars is not None:
         for name, value in reported_scalars(outputs, method).items():
             scalars[name] = scalars[name] + value if name in scalars else value
     return loss.detach()
+
+
+def after_step(method, step: int, total_steps: int, outputs: Optional[dict]) -> Optional[dict]:
+    """``method.after_step``, with the step's dict detached where the step returned one (only then is it passed:
+    a method returning a plain loss keeps the two-argument hook); returns that detached dict."""
+    if outputs is None:
+        method.after_step(step, total_steps)
+        return None
+    outputs = {name: value.detach() if isinstance(value, torch.Tensor) else value for name, value in outputs.items()}
+    method.after_step(step, total_steps, outputs)
+    return outputs
 
 
 def build_optimizer(parameters, optim_cfg) -> torch.optim.Optimizer:
