@@ -44,11 +44,11 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    recipe: str = "released"  # "released": crop+jitter+gray+flip (CIFAR/STL); "finegrained": resize, crop, flip; "resized_crop": RandomResizedCrop+flip, test Resize(resize)+centre crop (MOM's train.py)
+    recipe: str = "released"  # "released": crop+jitter+gray+flip (CIFAR/STL); "finegrained": resize, crop, flip; "resized_crop": RandomResizedCrop+flip, test Resize(resize)+centre crop (MOM's train.py); "simclr" | "mocov2" | "byol": their authors' crop, flip, jitter (p 0.8), grey, blur, solarisation (data/transforms.py)
     crop: bool = True  # RandomResizedCrop (Table 7 "w/o R": false)
-    crop_scale_min: float = 0.2  # RandomResizedCrop scale=(crop_scale_min, 1)
-    color_jitter: float = 0.4  # ColorJitter(b, c, s, h) strength; 0 disables ("w/o C")
-    grayscale_p: float = 0.2  # RandomGrayscale probability; 0 disables ("w/o G")
+    crop_scale_min: float = 0.2  # RandomResizedCrop scale=(crop_scale_min, 1) (released, resized_crop; the successors' recipes have their own)
+    color_jitter: float = 0.4  # ColorJitter(b, c, s, h) strength (released); 0 disables it in every recipe ("w/o C")
+    grayscale_p: float = 0.2  # RandomGrayscale probability (released); 0 disables it in every recipe ("w/o G")
     flip: bool = True  # RandomHorizontalFlip ("w/o F": false)
     on_device: Optional[bool] = None  # augment on the GPU from a device-resident copy; null = on CUDA when possible
 
@@ -130,7 +130,7 @@ class Config:
 CHOICES = {
     "data.name": ("digits", "cifar10", "cifar10_unseen", "image_folder", "stl10", "cub200", "cars196", "sop"),
     "data.stl10_split": ("train", "train+unlabeled"),
-    "augment.recipe": ("released", "finegrained", "resized_crop"),
+    "augment.recipe": ("released", "finegrained", "resized_crop", "simclr", "mocov2", "byol"),
     "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
     "model.head": ("linear", "mlp", "mlp_bn"),
     "optim.schedule": ("step", "cosine", "constant"),
@@ -259,6 +259,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"augment.grayscale_p={cfg.augment.grayscale_p}: expected a probability in 0..1")
     if not 0 < cfg.augment.crop_scale_min <= 1:
         raise ConfigError(f"augment.crop_scale_min={cfg.augment.crop_scale_min}: expected 0 < value <= 1")
+    _check_successor_recipe(cfg.augment)
     for key, value in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
         if value is not None and len(value) != 3:
             raise ConfigError(f"{key}={value}: expected 3 numbers (R, G, B)")
@@ -286,6 +287,20 @@ def validate(cfg: Config) -> Config:
     if not 0 <= cfg.train.seed < 2 ** 63:
         raise ConfigError(f"train.seed={cfg.train.seed}: expected an integer from 0 to 9223372036854775807")
     return cfg
+
+
+def _check_successor_recipe(aug: AugmentConfig):
+    """A successor's recipe (simclr / mocov2 / byol) fixes its own strengths: the released recipe's strength keys
+    may only switch an operation off (0), never set a strength that would silently go unused."""
+    if aug.recipe not in ("simclr", "mocov2", "byol"):
+        return
+    defaults = AugmentConfig()
+    for key, off in (("crop_scale_min", None), ("color_jitter", 0.0), ("grayscale_p", 0.0)):
+        value = getattr(aug, key)
+        if value != getattr(defaults, key) and value != off:
+            raise ConfigError(f"augment.{key}={value}: augment.recipe={aug.recipe} uses its authors' strengths "
+                              f"(data/transforms.py){'; 0 removes the operation' if off is not None else ''}; for "
+                              f"your own strengths use augment.recipe=released")
 
 
 def _flatten(values: dict, prefix: str, source: str):

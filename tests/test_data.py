@@ -117,6 +117,10 @@ def test_views_dataset_yields_independent_views_and_index():
                                 torch.tensor([[0, 1], [4, 5]]))
     (first, second), row = plain[1]
     assert row == 1 and torch.equal(first, torch.from_numpy(images[4])) and torch.equal(second, torch.from_numpy(images[5]))
+    # one transform per view (BYOL's asymmetric recipe): view v by transforms[v % len]
+    per_view = [lambda img: "first", lambda img: "second"]
+    assert ViewsDataset(ArrayImages(images), per_view, views=3)[2] == (["first", "second", "first"], 2)
+    assert PlannedViewsDataset(ArrayImages(images), per_view, torch.tensor([[0, 1]]))[0] == (["first", "second"], 0)
 
 
 def test_eval_transform_is_identity_plus_normalise_for_cifar_size():

@@ -179,10 +179,11 @@ def test_full_pipeline_statistics_match_cpu_torchvision_pipeline():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_augmentation_matches_cpu_for_the_same_parameters():
-    aug = DeviceAugment(32, released_aug(), (0.5,) * 3, (0.25,) * 3)
+@pytest.mark.parametrize("recipe", ["released", "byol"])
+def test_cuda_augmentation_matches_cpu_for_the_same_parameters(recipe):
+    aug = DeviceAugment(32, released_aug(recipe=recipe), (0.5,) * 3, (0.25,) * 3)
     imgs = (random_images(64, 32, 32, seed=10) * 255).round().to(torch.uint8)
-    params = aug.sample(64, 32, 32, generator=torch.Generator().manual_seed(0))
+    params = aug.sample(64, 32, 32, generator=torch.Generator().manual_seed(0), views=2)
     cpu = aug.apply(imgs, params)
     gpu = aug.apply(imgs.cuda(), {k: v.cuda() for k, v in params.items()})
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=0)

@@ -41,32 +41,40 @@ def images_as_tensor(source) -> torch.Tensor:
     return torch.from_numpy(source.images).permute(0, 3, 1, 2)
 
 
-class ViewsDataset(Dataset):
-    """Yields ``([view_1, ..., view_V], index)``: V independent augmentations of instance ``index`` (a method
-    that draws views from other images plans its epoch: ``PlannedViewsDataset``)."""
+def _per_view(transforms) -> list:
+    """A list of per-view transforms from one transform (every view alike) or a sequence of them."""
+    return [transforms] if callable(transforms) else list(transforms)
 
-    def __init__(self, source, transform, views: int = 2):
-        self.source, self.transform, self.views = source, transform, views
+
+class ViewsDataset(Dataset):
+    """Yields ``([view_1, ..., view_V], index)``: V independent augmentations of instance ``index``, view v by
+    ``transforms[v % len(transforms)]`` (a method that draws views from other images plans its epoch:
+    ``PlannedViewsDataset``)."""
+
+    def __init__(self, source, transforms, views: int = 2):
+        self.source, self.transforms, self.views = source, _per_view(transforms), views
 
     def __len__(self):
         return len(self.source)
 
     def __getitem__(self, i):
-        return [self.transform(self.source.image(i)) for _ in range(self.views)], i
+        return [self.transforms[v % len(self.transforms)](self.source.image(i)) for v in range(self.views)], i
 
 
 class PlannedViewsDataset(Dataset):
     """Yields ``([view_1, ..., view_V], row)``: view v of item ``row`` augments image ``plan[row, v]``
-    (an epoch planned by a method: DeepCluster's cluster-uniform draws, MOM's mined tuples)."""
+    (an epoch planned by a method: DeepCluster's cluster-uniform draws, MOM's mined tuples), by
+    ``transforms[v % len(transforms)]``."""
 
-    def __init__(self, source, transform, plan):
-        self.source, self.transform, self.plan = source, transform, plan.cpu().numpy()
+    def __init__(self, source, transforms, plan):
+        self.source, self.transforms, self.plan = source, _per_view(transforms), plan.cpu().numpy()
 
     def __len__(self):
         return self.plan.shape[0]
 
     def __getitem__(self, row):
-        return [self.transform(self.source.image(int(i))) for i in self.plan[row]], row
+        return [self.transforms[v % len(self.transforms)](self.source.image(int(i)))
+                for v, i in enumerate(self.plan[row])], row
 
 
 class EvalDataset(Dataset):

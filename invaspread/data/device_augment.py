@@ -14,6 +14,11 @@ v2 applied to a batch tensor draws *one* set of parameters for the whole batch, 
 * RandomGrayscale(p): luma 0.2989 R + 0.587 G + 0.114 B.
 * RandomHorizontalFlip(0.5), folded into the column resampling matrix (flip commutes with the
   per-pixel colour operations and their image-wide means).
+* The successors' recipes (``data/transforms.py``): the jitter applied with probability p (RandomApply),
+  per-operation strengths (hue 0.1, BYOL's saturation 0.2); GaussianBlur(kernel, sigma ~ U(0.1, 2)) with
+  torchvision's tensor formula (normalised exp(-x^2 / 2 sigma^2) taps, reflect padding) as two batched matrix
+  products with each image's sigma; solarisation (x >= 128/255 -> 1 - x); BYOL's blur and solarisation
+  probabilities differ between its two views (a batch is view-major: the first B images are view 1).
 * ToTensor + Normalize.
 """
 
@@ -24,6 +29,8 @@ import math
 from typing import Dict, Optional, Sequence
 
 import torch
+
+from .transforms import BLUR_SIGMA, CROP_JITTER_RECIPES, SOLARIZE_THRESHOLD, blur_kernel_size, view_recipes
 
 LUMA = (0.2989, 0.587, 0.114)
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -40,7 +47,7 @@ def _constant_on(values, device: str, dtype) -> torch.Tensor:
 
 def _constant(values, device, dtype=torch.float32) -> torch.Tensor:
     """A small constant tensor, copied to each device once (no host-to-device copy per batch)."""
-    return _constant_on(tuple(values), str(device), dtype)
+    return _constant_on(tuple(values), str(device) if device is not None else "cpu", dtype)
 
 
 def _uniform(shape, low, high, generator, device):
@@ -185,43 +192,111 @@ def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor) ->
     return _blend_steps(x, after, factors)
 
 
+def blur_matrix(sigma: torch.Tensor, size: int, kernel_size: int) -> torch.Tensor:
+    """(B, size, size): each row o holds the Gaussian taps of image b's sigma on the pixels o - k//2 .. o + k//2,
+    mirrored at the borders (torch's "reflect" padding, which torchvision's ``gaussian_blur`` uses)."""
+    half = kernel_size // 2
+    taps = torch.arange(-half, half + 1, device=sigma.device)
+    weights = torch.exp(-0.5 * (taps.float()[None] / sigma[:, None]) ** 2)
+    weights = weights / weights.sum(1, keepdim=True)                                    # (B, k)
+    at = torch.arange(size, device=sigma.device)[:, None] + taps[None]                  # (size, k)
+    at = torch.where(at < 0, -at, torch.where(at > size - 1, 2 * (size - 1) - at, at))
+    onehot = torch.nn.functional.one_hot(at, size).to(weights.dtype)                    # (size, k, size)
+    return torch.einsum("bk,oki->boi", weights, onehot)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Blur square images (B, C, S, S), image b with ``sigma[b]``: rows then columns (the kernel separates)."""
+    m = blur_matrix(sigma, x.shape[-1], kernel_size)[:, None]                          # (B, 1, S, S)
+    return m @ x @ m.transpose(-1, -2)
+
+
+def solarize(x: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.solarize(img, 128)`` on [0, 1] values: invert the pixels at or above 128/255."""
+    return torch.where(x >= SOLARIZE_THRESHOLD / 255.0, 1.0 - x, x)
+
+
+_SHARED_FIELDS = ("crop_scale", "jitter", "jitter_p", "grayscale_p", "flip")
+
+
 class DeviceAugment:
-    """Draws per-image parameters and applies the released recipe to a uint8 batch on its device."""
+    """Draws per-image parameters and applies a crop/jitter-family recipe (``CROP_JITTER_RECIPES``) to a uint8
+    batch on its device."""
 
     def __init__(self, size: int, aug, mean: Sequence[float], std: Sequence[float]):
-        if aug.recipe != "released":
-            raise ValueError(f"on-device augmentation implements augment.recipe=released, not {aug.recipe!r}")
-        self.size, self.aug = size, aug
+        if aug.recipe not in CROP_JITTER_RECIPES:
+            raise ValueError(f"on-device augmentation implements augment.recipe {CROP_JITTER_RECIPES}, "
+                             f"not {aug.recipe!r}")
+        self.size, self.recipes = size, view_recipes(aug)
+        self.view = self.recipes[0]
+        for name in _SHARED_FIELDS:   # the views may differ only in blur and solarisation (BYOL)
+            if any(getattr(r, name) != getattr(self.view, name) for r in self.recipes):
+                raise ValueError(f"on-device augmentation needs the same {name} in every view")
+        self.kernel_size = blur_kernel_size(size)
         self.mean, self.std = tuple(mean), tuple(std)
 
-    def sample(self, n: int, height: int, width: int, generator=None, device=None) -> Dict[str, torch.Tensor]:
-        aug, j = self.aug, self.aug.color_jitter
-        if aug.crop:
-            boxes = sample_crop_boxes(n, height, width, (aug.crop_scale_min, 1.0), RATIO, generator, device)
+    def _per_image(self, field: str, n: int, views: int, device) -> Optional[torch.Tensor]:
+        """(n,) probability of ``field`` for each image of a view-major batch of ``views`` views; None if 0."""
+        values = [getattr(self.recipes[v % len(self.recipes)], field) for v in range(views)]
+        if not any(values):
+            return None
+        if n % views:
+            raise ValueError(f"a batch of {n} images is not {views} equal views")
+        return _constant(values, device).repeat_interleave(n // views)
+
+    def sample(self, n: int, height: int, width: int, generator=None, device=None,
+               views: int = 1) -> Dict[str, torch.Tensor]:
+        """Parameters of n images, view-major when ``views`` > 1 (images [v B, (v + 1) B) are view v + 1)."""
+        view = self.view
+        if view.crop_scale:
+            boxes = sample_crop_boxes(n, height, width, view.crop_scale, RATIO, generator, device)
         else:
             boxes = _constant((0, 0, height, width), device, torch.long).expand(n, 4)
-        factors = torch.stack([_uniform((n,), max(0.0, 1 - j), 1 + j, generator, device) for _ in range(3)]
-                              + [_uniform((n,), -j, j, generator, device)], 1)
-        return {
+        b, c, s, h = view.jitter
+        factors = torch.stack([_uniform((n,), max(0.0, 1 - x), 1 + x, generator, device) for x in (b, c, s)]
+                              + [_uniform((n,), -h, h, generator, device)], 1)
+        params = {
             "boxes": boxes,
             "jitter_order": torch.rand((n, 4), generator=generator, device=device).argsort(1),
             "jitter_factors": factors,
-            "grayscale": torch.rand(n, generator=generator, device=device) < aug.grayscale_p,
-            "flip": (torch.rand(n, generator=generator, device=device) < 0.5) & aug.flip,
+            "grayscale": torch.rand(n, generator=generator, device=device) < view.grayscale_p,
+            "flip": (torch.rand(n, generator=generator, device=device) < 0.5) & view.flip,
         }
+        # drawn only by the recipes that have them, so that the released recipe's stream is what it always was
+        if view.jitter_p < 1:
+            params["jitter_applied"] = torch.rand(n, generator=generator, device=device) < view.jitter_p
+        blur_p = self._per_image("blur_p", n, views, device)
+        if blur_p is not None:
+            params["blurred"] = torch.rand(n, generator=generator, device=device) < blur_p
+            params["blur_sigma"] = _uniform((n,), *BLUR_SIGMA, generator, device)
+        solarize_p = self._per_image("solarize_p", n, views, device)
+        if solarize_p is not None:
+            params["solarized"] = torch.rand(n, generator=generator, device=device) < solarize_p
+        return params
 
     def apply(self, images: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
         """images: (B, 3, H, W) uint8 -> (B, 3, size, size) normalised float32."""
         x = images.float() / 255.0
         x = resized_crop(x, params["boxes"], self.size, params["flip"])
-        if self.aug.color_jitter > 0:
-            x = color_jitter(x, params["jitter_order"], params["jitter_factors"])
-        if self.aug.grayscale_p > 0:
-            x = torch.where(params["grayscale"][:, None, None, None], grayscale(x).expand_as(x), x)
+        if self.view.jitters:
+            jittered = color_jitter(x, params["jitter_order"], params["jitter_factors"])
+            x = jittered if "jitter_applied" not in params else _where(params["jitter_applied"], jittered, x)
+        if self.view.grayscale_p > 0:
+            x = _where(params["grayscale"], grayscale(x).expand_as(x), x)
+        if "blurred" in params:
+            x = _where(params["blurred"], gaussian_blur(x, params["blur_sigma"], self.kernel_size), x)
+        if "solarized" in params:
+            x = _where(params["solarized"], solarize(x), x)
         mean = _constant(self.mean, x.device).view(1, 3, 1, 1)
         std = _constant(self.std, x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator, images.device)
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None,
+                 views: int = 1) -> torch.Tensor:
+        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator, images.device, views)
         return self.apply(images, params)
+
+
+def _where(chosen: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a for the images where ``chosen`` (B,) is True, else b."""
+    return torch.where(chosen[:, None, None, None], a, b)

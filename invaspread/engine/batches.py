@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor, usable_workers
 from ..data.sources import DataError
 from ..data.device_augment import DeviceAugment
-from ..data.transforms import train_transform
+from ..data.transforms import CROP_JITTER_RECIPES, train_transforms
 from ..methods.base import epoch_seed
 from ..ops.distributed import world
 
@@ -37,7 +37,7 @@ class CPUBatches:
 
     def __init__(self, source, data_cfg, aug_cfg, mean, std, batch_size: int, device: torch.device):
         self.source = source
-        self.transform = train_transform(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize)
+        self.transforms = train_transforms(aug_cfg, data_cfg.image_size, mean, std, data_cfg.resize)
         self.batch_size, self.device = batch_size, device
         self.rank, self.world = world()
         self.num_workers = usable_workers(data_cfg.num_workers)
@@ -52,9 +52,9 @@ class CPUBatches:
         s = epoch_seed(seed, epoch)
         torch.manual_seed(s + self.rank)  # augmentation RNG when num_workers == 0 (each rank its own)
         if plan is not None:
-            dataset = PlannedViewsDataset(self.source, self.transform, _checked_plan(plan, views, len(self.source)))
+            dataset = PlannedViewsDataset(self.source, self.transforms, _checked_plan(plan, views, len(self.source)))
         else:
-            dataset = ViewsDataset(self.source, self.transform, views)
+            dataset = ViewsDataset(self.source, self.transforms, views)
         # this rank's slice of every global batch of the epoch's permutation (the same as DeviceBatches'), or
         # of the plan's rows; one process takes whole batches
         order = (torch.randperm(len(self.source), generator=torch.Generator().manual_seed(s)) if plan is None
@@ -95,13 +95,13 @@ class DeviceBatches:
             plan = _checked_plan(plan, views, self.images.shape[0]).to(self.device)
             rows_of_plan = torch.arange(plan.shape[0], device=self.device)
             for rows in _rank_slices(rows_of_plan, self.batch_size, self.rank, self.world):
-                out = self.augment(self.images[plan[rows].t().flatten()], gen)     # view-major, like below
+                out = self.augment(self.images[plan[rows].t().flatten()], gen, views)   # view-major, like below
                 yield out.view(views, len(rows), *out.shape[1:]), rows
             return
         order = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(s)).to(self.device)
         for idx in _rank_slices(order, self.batch_size, self.rank, self.world):
             # all views in one call: one set of kernel launches for V x B images
-            out = self.augment(self.images[idx.repeat(views)], gen)
+            out = self.augment(self.images[idx.repeat(views)], gen, views)
             yield out.view(views, len(idx), *out.shape[1:]), idx
 
 
@@ -126,9 +126,10 @@ def use_device_batches(source, aug_cfg, device: torch.device, cpu_fast_path: boo
     CPU with ``train.cpu_fast_path`` (batched tensor operations beat PIL in workers that share the CPU's cores
     with the training step)."""
     in_memory = getattr(source, "images", None) is not None
-    possible = in_memory and aug_cfg.recipe == "released"
+    possible = in_memory and aug_cfg.recipe in CROP_JITTER_RECIPES
     if aug_cfg.on_device is True and not possible:
-        raise ConfigError("augment.on_device=true needs in-memory images of one size and augment.recipe=released")
+        raise ConfigError(f"augment.on_device=true needs in-memory images of one size and augment.recipe one of "
+                          f"{', '.join(CROP_JITTER_RECIPES)} (not {aug_cfg.recipe})")
     if aug_cfg.on_device is None:
         return possible and (device.type == "cuda" or (device.type == "cpu" and cpu_fast_path))
     return bool(aug_cfg.on_device)

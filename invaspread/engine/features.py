@@ -105,11 +105,11 @@ def source_features(model, source, data_cfg, augment_cfg, mean, std, batch_size=
                     pooled=False, progress=False, channels_last=False, autocast_dtype=None) -> torch.Tensor:
     """Embed a source with the configured evaluation transform, taking the batched uint8 path when the
     transform is only ToTensor + Normalize (in-memory images already at ``image_size``)."""
-    from ..data.transforms import eval_transform
+    from ..data.transforms import CROP_JITTER_RECIPES, eval_transform
 
     size = data_cfg.image_size
     images = getattr(source, "images", None)
-    if (images is not None and augment_cfg.recipe == "released" and images.shape[1] == size
+    if (images is not None and augment_cfg.recipe in CROP_JITTER_RECIPES and images.shape[1] == size
             and images.shape[2] == size):
         return embed_uint8(model, images_as_tensor(source), mean, std, batch_size, device, channels_last,
                            autocast_dtype, pooled, progress)
