@@ -16,6 +16,7 @@ positive and noise entries) and is then a constant of the run.
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,11 @@ class NCELoss(nn.Module):
 
     def forward(self, features: torch.Tensor, index: torch.Tensor, bank: torch.Tensor, noise_index: torch.Tensor,
                 z) -> torch.Tensor:
+        return self.loss_and_partition_ratio(features, index, bank, noise_index, z)[0]
+
+    def loss_and_partition_ratio(self, features, index, bank, noise_index, z) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the loss, this batch's partition estimate over z: n x mean of P(j | f) over the batch's own and noise
+        entries, 0-d float64 without gradient; 1 while the fixed z still normalises the softmax)."""
         if noise_index.ndim != 2 or noise_index.shape[0] != features.shape[0]:
             raise ValueError(f"NCELoss expects noise_index (B, K) for B={features.shape[0]}, got "
                              f"{tuple(noise_index.shape)}")
@@ -78,4 +84,4 @@ class NCELoss(nn.Module):
             data_term = F.logsigmoid(logit[:, 0])
             # lemniscate's 1 - h has K P_n (without eps) on top: a constant k log(K P_n / (K P_n + eps))
             noise_term = F.logsigmoid(-logit[:, 1:]).sum(dim=1) + k * math.log(noise_mass / (noise_mass + self.eps))
-            return -(data_term + noise_term).mean()
+            return -(data_term + noise_term).mean(), log_p.detach().double().exp().mean() * n

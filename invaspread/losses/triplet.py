@@ -59,6 +59,15 @@ class TripletLoss(nn.Module):
         return f"margin={self.margin}, negatives={self.negatives!r}"
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.hinge(self.gaps(z1, z2, generator))
+
+    def hinge(self, gaps: torch.Tensor) -> torch.Tensor:
+        """The loss of the anchors' ``gaps``: mean of max(0, gap + margin)."""
+        return (gaps + self.margin).clamp_min(0).mean()
+
+    def gaps(self, z1: torch.Tensor, z2: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(2n,) d(a, p(a)) - d(a, n(a)) of every local anchor, float32 at least (what the hinge sees: a
+        triplet is active while its gap exceeds -margin)."""
         if z1.ndim != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
             raise ValueError(f"TripletLoss expects two (N, d) tensors of equal shape with N >= 2, got "
                              f"{tuple(z1.shape)} and {tuple(z2.shape)}")
@@ -80,5 +89,4 @@ class TripletLoss(nn.Module):
                 negative = dist.detach().masked_fill(same_instance, float("inf")).argmin(dim=1)
             else:   # one draw for all 2N global anchors (the same on every rank with the same generator)
                 negative = sample_random_negatives(total, x.device, generator)[own]
-            hinge = dist[rows, positive] - dist[rows, negative] + self.margin
-            return hinge.clamp_min(0).mean()
+            return dist[rows, positive] - dist[rows, negative]

@@ -148,6 +148,9 @@ class DeepCluster(Method):
         generator = epoch_generator(self.seed, epoch, salt=1)
         order = uniform_cluster_order(self.labels, self.clusters, self.labels.shape[0], generator)
         self._order = order[:, None]                                      # (N, 1): one view per item
+        counts = torch.bincount(self.labels, minlength=self.clusters)
+        self._cluster_sizes = {"clusters_used": (counts > 0).sum().float(),   # reported with every step's loss
+                               "largest_cluster_share": counts.max().float() / counts.sum()}
 
     def epoch_plan(self):
         return self._order
@@ -158,4 +161,5 @@ class DeepCluster(Method):
     def training_step(self, views, rows):
         f = self.embed(views, normalized=False)[0]                        # (B, d), the clustered layer
         instances = self._order[:, 0].to(rows.device)[rows]
-        return self.loss(f, self.labels[instances], self.classifier.weight, self.classifier.bias)
+        loss = self.loss(f, self.labels[instances], self.classifier.weight, self.classifier.bias)
+        return {"loss": loss, **self._cluster_sizes}   # the epoch's clusters: how many hold images, the largest's share

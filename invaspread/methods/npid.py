@@ -74,7 +74,7 @@ class _BankMethod(Method):
         self.bank = MemoryBank(num_instances, embedding_dim, momentum)
         self._pending: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
-    def after_step(self, step, total_steps):
+    def after_step(self, step, total_steps, outputs=None):
         # the loss of this step read the bank (its backward needs it unchanged): update only now, with every
         # rank's rows under torchrun, so that the banks stay identical on all ranks
         if self._pending is not None:
@@ -135,4 +135,6 @@ class NCE(_BankMethod):
                 self.z.fill_(estimate_nce_z(f, index, bank, noise_index, self.loss.temperature))
                 self.z.copy_(mean_over_ranks(self.z))
             self._z_known = True
-        return self.loss(f, index, bank, noise_index, self.z)
+        # reported: this batch's partition estimate over the run's fixed Z (1 while Z still normalises)
+        loss, z_ratio = self.loss.loss_and_partition_ratio(f, index, bank, noise_index, self.z)
+        return {"loss": loss, "nce_z_ratio": z_ratio}

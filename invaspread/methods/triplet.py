@@ -39,8 +39,12 @@ class Triplet(Method):
         return cls(encoder, cls.settings(cfg).margin)
 
     def training_step(self, views, index):
+        """The loss, and (reported) the mean gap d(a, p) - d(a, n) over the anchors and the share of anchors
+        whose hinge is active (gap > -margin): a collapsed embedding sits at gap 0, every triplet active."""
         z = self.embed(views)                                  # (2, B, d)
-        return self.loss(z[0], z[1])
+        gaps = self.loss.gaps(z[0], z[1])                      # (2B,)
+        return {"loss": self.loss.hinge(gaps), "triplet_gap": gaps.detach().mean(),
+                "triplet_active": (gaps.detach() > -self.loss.margin).float().mean()}
 
 
 class TripletHard(Triplet):
