@@ -20,7 +20,8 @@ import torch
 
 from invaspread.config import load_config
 from invaspread.engine.step import after_step, split_output
-from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
+from invaspread.engine.precision import resolve_device
+from invaspread.engine.trainer import build_optimizer, train_step
 from invaspread.methods import METHODS, build_method
 from invaspread.models import build_model
 

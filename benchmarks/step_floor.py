@@ -27,7 +27,7 @@ import torch
 
 from invaspread.config import load_config
 from invaspread.engine import trainer
-from invaspread.engine.precision import cpu_computes_bf16, describe, resolve_cpu_precision
+from invaspread.engine.precision import cpu_computes_bf16, describe, resolve_cpu_precision, resolve_device
 
 EPOCH_STEPS = 50000 // 128
 
@@ -65,7 +65,7 @@ def timed(steps_by_name: dict, steps: int, device) -> dict:
 def measure(sets, steps: int):
     cfg = load_config(None, sets)
     resolve_cpu_precision(cfg)
-    device = trainer.resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     with tempfile.TemporaryDirectory() as tmp:
         run = trainer._build(cfg, None, device, Path(tmp), lambda s: None)
     run.method.train()
@@ -109,7 +109,7 @@ def main():
             + ([f"data.subset_per_class={args.subset_per_class}"] if args.subset_per_class else []))
     base = data + [f"train.device={args.device}", f"train.batch_size={args.batch}", "train.progress=false",
                    f"data.num_workers={args.workers}", "train.epochs=1"]
-    device = trainer.resolve_device(args.device)
+    device = resolve_device(args.device)
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()}; torch "
           f"{torch.__version__}; {torch.get_num_threads()} threads; native bf16 on this CPU: {cpu_computes_bf16()}")
     variants = [("default", [])]

@@ -23,7 +23,8 @@ from invaspread.data.datasets import build_data
 from invaspread.engine.batches import CPUBatches, DeviceBatches
 from invaspread.engine.evaluation import evaluate
 from invaspread.engine.precision import cpu_computes_bf16, forward_settings
-from invaspread.engine.trainer import build_optimizer, resolve_device, train_step
+from invaspread.engine.precision import resolve_device
+from invaspread.engine.trainer import build_optimizer, train_step
 from invaspread.methods import build_method
 from invaspread.models import build_model
 

@@ -19,8 +19,8 @@ import yaml
 
 # the checks a method's Config.check composes are public here too (require*, MIN_TEMPERATURE: README "Your own
 # method" imports them from invaspread.config)
-from .config_methods import (MIN_TEMPERATURE, new_method_config, require, require_choice,  # noqa: F401
-                             require_positive, require_temperature, validate_method)  # noqa: F401
+from .checks import MIN_TEMPERATURE, require, require_choice, require_positive, require_temperature  # noqa: F401
+from .config_methods import new_method_config, validate_method
 from .errors import ConfigError, InvaspreadError
 
 

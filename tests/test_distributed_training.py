@@ -47,6 +47,7 @@ SPY = '''
 import os, sys, torch
 import invaspread.engine.trainer as trainer
 from invaspread.config import load_config
+from invaspread.engine.checkpoint import method_checkpoint_state
 seen = {}
 real = trainer.train_step
 def spy(method, *args, **kwargs):
@@ -55,7 +56,7 @@ def spy(method, *args, **kwargs):
 trainer.train_step = spy
 out = sys.argv[1]
 trainer.fit(load_config(None, sys.argv[2:]), out, log=lambda s: None)
-own = trainer.method_checkpoint_state(seen["method"])
+own = method_checkpoint_state(seen["method"])
 torch.save({k: v.clone() for k, v in own.items()}, f"{out}-state{os.environ['RANK']}.pt")
 '''
 

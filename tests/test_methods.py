@@ -12,7 +12,7 @@ import dataclasses
 
 from invaspread.config import ConfigError, load_config
 from invaspread.engine import trainer
-from invaspread.engine.checkpoint import load_checkpoint
+from invaspread.engine.checkpoint import load_checkpoint, load_method_state, method_checkpoint_state
 from invaspread.methods import METHODS, build_method, registry
 from invaspread.models import build_model
 
@@ -89,7 +89,7 @@ def test_state_dict_round_trip_includes_the_methods_own_state(name):
     if a.trainable:
         optimizer = torch.optim.SGD(a.parameters(), lr=0.1)
         trainer.train_step(a, optimizer, torch.randn(a.views, 4, 3, 16, 16), torch.arange(4), bf16=False)
-    own = trainer.method_checkpoint_state(a)
+    own = method_checkpoint_state(a)
     expected = {"exemplar": {"weights"}, "npsoftmax": {"bank.features"}, "nce": {"bank.features", "z"},
                 "deepcluster": {"classifier.weight", "classifier.bias", "labels"},
                 "mom": {"anchor", "positives", "positive_weights", "negatives", "mined_at_epoch"},
@@ -97,7 +97,7 @@ def test_state_dict_round_trip_includes_the_methods_own_state(name):
     networks = ("key_encoder.", "target.", "predictor.")   # whole modules of the method: named by their prefix
     assert {k.split(".")[0] if k.startswith(networks) else k for k in own} == expected.get(name, set())
     state = {"model": a.encoder.state_dict(), "method": own}
-    trainer.load_method_state(b, state)
+    load_method_state(b, state)
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
 

@@ -82,7 +82,7 @@ def load_run(path, overrides=()):
     ``overrides`` ("key=value") adjust the saved config (data moved, another device)."""
     from ..config import from_dict, parse_override, set_key, validate
     from ..models import build_model
-    from .trainer import resolve_device
+    from .precision import resolve_device
 
     state = load_checkpoint(path)
     cfg = from_dict(state["config"], str(path))
@@ -103,3 +103,21 @@ def load_network(model, weights: dict, source: str, advice: str = "") -> None:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise ConfigError(f"{source}: its network does not fit the model.* config ({first}){advice}") from err
+
+
+def method_checkpoint_state(method) -> dict:
+    """The method's own state (banks, classifier weights, constants) without the encoder's weights,
+    which the checkpoint keeps under "model" (what ``eval`` and ``embed`` load)."""
+    return {k: v for k, v in method.state_dict().items() if not k.startswith("encoder.")}
+
+
+def load_method_state(method, state: dict) -> None:
+    saved = {**{f"encoder.{k}": v for k, v in state["model"].items()}, **state.get("method", {})}
+    ours = method.state_dict()
+    differ = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(ours[key].shape)} now" for key, value in saved.items()
+              if key in ours and hasattr(value, "shape") and tuple(value.shape) != tuple(ours[key].shape)]
+    if differ:   # a memory bank or classifier sized by the data set: the data changed under the run
+        raise ConfigError(f"the run's state does not fit this data ({'; '.join(differ[:2])}): a memory bank or "
+                          f"classifier has one row per training image (or cluster), so the run must resume on the data "
+                          f"it started with (check data.root and data.subset_per_class)")
+    method.load_state_dict(saved)

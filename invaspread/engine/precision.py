@@ -23,6 +23,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..errors import ConfigError
+
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -68,3 +70,15 @@ def describe(cfg, device: torch.device) -> str:
     if device.type == "cpu" and dtype is None and cfg.train.cpu_bf16 is not True and not cpu_computes_bf16():
         why = " (this CPU has no native bf16)"
     return f"{precision}{why}, {layout}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` (auto, cpu, cuda, cuda:N) as a device, or a one-line error naming the value."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name}: CUDA is not available on this machine (use auto or cpu)")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"train.device={name!r}: expected auto, cpu, cuda or cuda:N") from err

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from ..config import InvaspreadError, save_config
-from .checkpoint import CHECKPOINT_VERSION, save_checkpoint
+from .checkpoint import CHECKPOINT_VERSION, method_checkpoint_state, save_checkpoint
 from .run_folder import RunFolder
 from .tensorboard import ScalarLog
 
@@ -123,7 +123,6 @@ class Reporter(Silent):
         """``last.pt`` (atomically): the encoder under "model", the method's own state under "method", optimizer,
         schedule (with the steps done, for ``after_step``), RNG, config; then the kept epochs."""
         from ..ops.distributed import world
-        from .trainer import method_checkpoint_state
 
         rng = {"torch": torch.get_rng_state()}
         if run.device.type == "cuda":

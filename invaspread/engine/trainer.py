@@ -24,12 +24,12 @@ from ..methods import build_method
 from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
-from .checkpoint import load_checkpoint, load_network
+from .checkpoint import load_checkpoint, load_method_state, load_network
 from .estimate import cost_line, duration
 from .evaluation import resolve_protocol
 from .features import source_features
 from .precision import describe as describe_precision
-from .precision import forward_settings, resolve_cpu_precision
+from .precision import forward_settings, resolve_cpu_precision, resolve_device
 from .reporter import Reporter, Silent
 from .run_folder import RunFolder
 from .step import build_optimizer, train_step
@@ -38,17 +38,6 @@ from .tensorboard import summary_writer_class
 
 class DivergedError(InvaspreadError):
     """Training stopped because the loss or the weights became NaN or infinite (the last finite epoch is saved)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name}: CUDA is not available on this machine (use auto or cpu)")
-    try:
-        return torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"train.device={name!r}: expected auto, cpu, cuda or cuda:N") from err
 
 
 def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
@@ -70,24 +59,6 @@ def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
                 factor = f
         return lr * factor
     return lr
-
-
-def method_checkpoint_state(method) -> dict:
-    """The method's own state (banks, classifier weights, constants) without the encoder's weights,
-    which the checkpoint keeps under "model" (what ``eval`` and ``embed`` load)."""
-    return {k: v for k, v in method.state_dict().items() if not k.startswith("encoder.")}
-
-
-def load_method_state(method, state: dict) -> None:
-    saved = {**{f"encoder.{k}": v for k, v in state["model"].items()}, **state.get("method", {})}
-    ours = method.state_dict()
-    differ = [f"{key} {tuple(value.shape)} in the checkpoint, {tuple(ours[key].shape)} now" for key, value in saved.items()
-              if key in ours and hasattr(value, "shape") and tuple(value.shape) != tuple(ours[key].shape)]
-    if differ:   # a memory bank or classifier sized by the data set: the data changed under the run
-        raise ConfigError(f"the run's state does not fit this data ({'; '.join(differ[:2])}): a memory bank or "
-                          f"classifier has one row per training image (or cluster), so the run must resume on the data "
-                          f"it started with (check data.root and data.subset_per_class)")
-    method.load_state_dict(saved)
 
 
 def load_encoder_weights(model, path) -> None:

@@ -13,7 +13,7 @@ import functools
 import re
 from typing import Dict
 
-from ..config import InvaspreadError
+from ..errors import InvaspreadError
 from .base import Method, ema_update, epoch_generator, epoch_seed
 from .byol import BYOL
 from .deepcluster import DeepCluster

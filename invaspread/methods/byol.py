@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import require, require_positive
+from ..checks import require, require_positive
 from ..losses import BYOLLoss
 from ..models import make_head
 from .base import Method, ema_update

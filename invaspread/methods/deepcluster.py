@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, require_choice, require_positive
+from ..checks import require_choice, require_positive
+from ..errors import ConfigError
 from ..losses import PseudoLabelLoss
 from ..ops import kmeans
 from .base import Method, epoch_generator, epoch_seed

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import require_temperature
+from ..checks import require_temperature
 from ..losses import ExemplarLoss
 from .base import Method
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..config import require, require_choice, require_temperature
+from ..checks import require, require_choice, require_temperature
 from ..losses import InvaSpreadLoss
 from ..ops import cosine_topk
 from ..ops.distributed import world

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import require, require_positive, require_temperature
+from ..checks import require, require_positive, require_temperature
 from ..losses import MoCoLoss
 from ..ops.distributed import gather_rows
 from .base import Method, ema_update

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, require, require_choice, require_positive
+from ..checks import require, require_choice, require_positive
+from ..errors import ConfigError
 from ..losses import WeightedTripletLoss
 from ..ops.rmac import rmac_descriptors
 from ..ops.manifold import (largest_component, local_maxima, manifold_similarity_chunks, mutual_knn_graph,

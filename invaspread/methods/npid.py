@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import require, require_positive, require_temperature
+from ..checks import require, require_positive, require_temperature
 from ..losses import NCELoss, NPSoftmaxLoss, estimate_nce_z
 from ..ops.distributed import gather_rows, mean_over_ranks
 from .base import Method

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import require_temperature
+from ..checks import require_temperature
 from ..losses import NTXentLoss
 from ..ops.distributed import world
 from .base import Method

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..config import require_positive
+from ..checks import require_positive
 from ..losses import TripletLoss
 from ..ops.distributed import world
 from .base import Method

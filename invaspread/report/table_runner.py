@@ -215,7 +215,8 @@ def _mark_below_random(table: PaperTable, records: Dict[str, dict]) -> None:
 def _train_row(row: Row, cfg: Config, folder: Path, table: PaperTable, log) -> dict:
     """Bring one row's run folder to ``cfg`` (new, resumed or extended) and return its record fields."""
     from ..engine.checkpoint import load_checkpoint
-    from ..engine.trainer import fit, resolve_device
+    from ..engine.precision import resolve_device
+    from ..engine.trainer import fit
 
     resolved = resolve_device(cfg.train.device)
     device = str(resolved)

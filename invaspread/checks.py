@@ -1,0 +1,34 @@
+"""The one-line checks a method's ``Config.check(prefix)`` composes (``prefix``: "method.NAME"), each raising a
+``ConfigError`` that names the key, its value and what was expected. A leaf module: the methods import it without
+importing the config machinery (``invaspread.config`` re-exports these for user code)."""
+
+from __future__ import annotations
+
+import math
+
+from .errors import ConfigError
+
+MIN_TEMPERATURE = 1e-6
+
+
+def require(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def require_positive(prefix: str, settings, *names: str) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        require(value > 0 and math.isfinite(value), f"{prefix}.{name}", value, "a positive number")
+
+
+def require_choice(prefix: str, settings, name: str, allowed) -> None:
+    value = getattr(settings, name)
+    require(value in allowed, f"{prefix}.{name}", value, f"one of {', '.join(allowed)}")
+
+
+def require_temperature(key: str, value: float) -> None:
+    require(value > 0 and math.isfinite(value), key, value, "a positive number")
+    # 1/temperature overflows below this (and any value this small is an argmax anyway)
+    require(value >= MIN_TEMPERATURE, key, value, f"a temperature >= {MIN_TEMPERATURE:g} (similarities are divided "
+                                                  f"by it)")
