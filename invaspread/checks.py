@@ -4,6 +4,7 @@ importing the config machinery (``invaspread.config`` re-exports these for user 
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from .errors import ConfigError
@@ -32,3 +33,11 @@ def require_temperature(key: str, value: float) -> None:
     # 1/temperature overflows below this (and any value this small is an argmax anyway)
     require(value >= MIN_TEMPERATURE, key, value, f"a temperature >= {MIN_TEMPERATURE:g} (similarities are divided "
                                                   f"by it)")
+
+
+def require_method(name: str, methods) -> None:
+    """``method.name`` names one of ``methods`` (the registry's names), else one line with the closest name."""
+    if name not in methods:
+        hint = difflib.get_close_matches(str(name), list(methods), n=1)
+        raise ConfigError(f"method.name={name!r}: expected one of {', '.join(methods)}"
+                          + (f" (did you mean {hint[0]!r}?)" if hint else ""))

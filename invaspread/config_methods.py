@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Tuple
 
-from .checks import require
+from .checks import require_method
 from .errors import ConfigError
 
 _BUILT: Dict[Tuple, type] = {}
@@ -50,7 +50,7 @@ def validate_method(cfg) -> None:
 
     methods = registry()
     name = cfg.method.name
-    require(name in methods, "method.name", name, f"one of {', '.join(methods)}")
+    require_method(name, methods)
     for f in dataclasses.fields(cfg.method):
         settings = getattr(cfg.method, f.name)
         if hasattr(settings, "check"):

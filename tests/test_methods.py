@@ -43,8 +43,18 @@ def test_config_sections_and_names_are_the_registry():
     cfg = load_config()
     sections = {f.name for f in dataclasses.fields(cfg.method)} - {"name"}
     assert sections == {cls.settings_section(n) for n, cls in registry().items() if cls.Config is not None}
-    with pytest.raises(ConfigError, match="method.name='nope': expected one of " + ", ".join(registry())):
+    with pytest.raises(ConfigError, match="method.name='nope': expected one of " + ", ".join(registry()) + "$"):
         load_config(None, ["method.name=nope"])
+
+
+def test_a_misspelt_method_name_is_one_message_with_the_closest_name_wherever_it_is_caught():
+    expected = "method.name='npsoftmx': expected one of .* \\(did you mean 'npsoftmax'\\?\\)$"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, ["method.name=npsoftmx"])
+    cfg = load_config(None, ["model.width=8"])
+    cfg.method.name = "npsoftmx"   # a config that skipped validation (built in code) reaches build_method
+    with pytest.raises(ConfigError, match=expected):
+        build_method(cfg, build_model(cfg.model), 10)
 
 
 @pytest.mark.parametrize("config", sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))

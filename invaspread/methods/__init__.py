@@ -13,6 +13,7 @@ import functools
 import re
 from typing import Dict
 
+from ..checks import require_method
 from ..errors import InvaspreadError
 from .base import Method, ema_update, epoch_generator, epoch_seed
 from .byol import BYOL
@@ -82,8 +83,7 @@ def registry() -> Dict[str, type]:
 def build_method(cfg, encoder, num_instances: int) -> Method:
     """The method named by ``cfg.method.name`` around ``encoder``, for ``num_instances`` training images."""
     methods = registry()
-    if cfg.method.name not in methods:
-        raise InvaspreadError(f"method.name={cfg.method.name!r} is unknown; choose one of {', '.join(methods)}")
+    require_method(cfg.method.name, methods)
     return methods[cfg.method.name].from_config(cfg, encoder, num_instances)
 
 
