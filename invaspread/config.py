@@ -17,8 +17,8 @@ from typing import Any, List, Optional
 
 import yaml
 
-# the checks a method's Config.check composes are public here too (require*, MIN_TEMPERATURE: README "Your own
-# method" imports them from invaspread.config)
+# the checks a method's Config.check composes (invaspread.checks) are public here too: plugins written when they
+# lived here import them from invaspread.config
 from .checks import MIN_TEMPERATURE, require, require_choice, require_positive, require_temperature  # noqa: F401
 from .config_methods import new_method_config, validate_method
 from .errors import ConfigError, InvaspreadError
