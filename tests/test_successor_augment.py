@@ -16,6 +16,7 @@ from invaspread.data.bundle import ViewsDataset
 from invaspread.data.device_augment import DeviceAugment, gaussian_blur, solarize
 from invaspread.data.transforms import train_transforms
 from invaspread.methods.base import epoch_seed
+from test_device_augment import random_images
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
@@ -38,10 +39,7 @@ def authors_listing(recipe, view, size=32):
 
 
 def random_uint8(n, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.rand(n, 3, size // 4 + 1, size // 4 + 1, generator=g)
-    img = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
-    return ((img + 0.05 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1) * 255).round().to(torch.uint8)
+    return (random_images(n, size, size, seed) * 255).round().to(torch.uint8)
 
 
 def pil(images):
