@@ -8,7 +8,7 @@ per case and the totals per group. Cases run in parallel threads (each drives it
 Clean means: the command ends with exit code 0 and the right result, or with exit code 2 and exactly one line
 on stderr, "invaspread: error: ...", no traceback; and nothing the case checks was lost, overwritten or run.
 The full-disk and read-only cases mount a small tmpfs (root only; skipped otherwise). The cases live in
-benchmarks/hostile/ (before_issue18.py, own_data.py, outputs.py); the machinery in benchmarks/hostile/harness.py.
+benchmarks/hostile/ (kills_and_settings.py, own_data.py, outputs.py); the machinery in benchmarks/hostile/harness.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "hostile"))
 from harness import RESULTS, CASES, TINY, cli, load, record  # noqa: E402
-import before_issue18  # noqa: E402,F401  (registers its cases)
+import kills_and_settings  # noqa: E402,F401  (registers its cases)
 import own_data  # noqa: E402,F401
 import outputs  # noqa: E402,F401
 
@@ -55,11 +55,11 @@ def main():
         tmp = Path(tmp)
         todo = [fn for fn in CASES if (not args.only or fn.group == args.only) and (not args.case or args.case in fn.name)]
         if (not args.only or args.only == "kill") and not args.case:
-            todo += [_numbered("kill", i, before_issue18.kill_try) for i in range(args.kills)]
+            todo += [_numbered("kill", i, kills_and_settings.kill_try) for i in range(args.kills)]
         if (not args.only or args.only == "resume-exact") and not args.case:
             cli("train", "--out", tmp / "reference", "--epochs", "3", *TINY)
             reference = load(tmp / "reference" / "last.pt")
-            todo += [_numbered("resume-exact", i, before_issue18.resume_try, reference) for i in range(args.resumes)]
+            todo += [_numbered("resume-exact", i, kills_and_settings.resume_try, reference) for i in range(args.resumes)]
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             list(pool.map(lambda fn: fn(tmp), todo))
     print("\n| group | tries | clean |\n| --- | ---: | ---: |")

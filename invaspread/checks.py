@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import types
+import typing
 
 from .errors import ConfigError
 
@@ -41,3 +43,18 @@ def require_method(name: str, methods) -> None:
         hint = difflib.get_close_matches(str(name), list(methods), n=1)
         raise ConfigError(f"method.name={name!r}: expected one of {', '.join(methods)}"
                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+SCALARS = (bool, int, float, str)
+
+
+def readable_type(tp) -> bool:
+    """Whether the config reader (``config.set_key``) reads values of type ``tp``: bool, int, float, str,
+    ``Optional[X]`` / ``X | None`` and ``List[X]`` / ``list[X]`` of those."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return len(inner) == 1 and len(args) == 2 and readable_type(inner[0])
+    if origin is list:
+        return len(args) == 1 and readable_type(args[0])
+    return tp in SCALARS

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import InvaspreadError, bundled_configs, resolve_config_path
+from .config_files import bundled_configs, resolve_config_path
+from .errors import InvaspreadError
 
 
 EPILOG_TRAIN = """\
@@ -208,17 +209,7 @@ def cmd_search(args) -> int:
 BACKEND_CHOICES = ("auto", "faiss", "torch")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="invaspread",
-        description="Unsupervised embedding learning with invariant and spreading instance features "
-                    "(Ye et al., CVPR 2019). Learns L2-normalised embeddings from unlabelled images.")
-    parser.add_argument("--version", action="version", version=f"invaspread {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
+def _add_train(sub) -> None:
     train = sub.add_parser("train", help="train an embedding (or resume a run)",
                            description="Train an embedding with InvaSpread or a compared method (method.name); writes config.yaml, metrics.jsonl, last.pt.",
                            epilog=EPILOG_TRAIN % ", ".join(bundled_configs()),
@@ -238,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "ones there (a file of the same name is never overwritten)")
     train.set_defaults(func=cmd_train)
 
+
+def _add_config(sub) -> None:
     cf = sub.add_parser("config", help="print every config key with its value and meaning",
                         description="Print a config (a bundled name, a YAML file, or the defaults) with every key, "
                                     "its value and a one-line meaning. The output is valid YAML: save it, edit it "
@@ -246,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key first (repeatable)")
     cf.set_defaults(func=cmd_config)
 
+
+def _add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
                         description="Evaluate a checkpoint with one of the paper's protocols: knn (Tables 1-2), "
                                     "linear (Table 2), retrieval = Recall@K + NMI (Tables 3-6). The default is the "
@@ -259,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval.knn_k=20")
     ev.set_defaults(func=cmd_eval)
 
+
+def _add_embed(sub) -> None:
     em = sub.add_parser("embed", help="embed a folder of images with a trained model",
                         description="Write the L2-normalised embeddings of every image under --images (a flat "
                                     "folder or <class>/ sub-folders) to an .npz file with arrays embeddings (N, d), "
@@ -273,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     em.set_defaults(func=cmd_embed)
 
+
+def _add_table(sub) -> None:
     tb = sub.add_parser("table", help="train every row of one of the paper's tables and write it beside the paper's",
                         description="Train every row of the paper's Table N (1-8) in turn with the bundled configs, "
                                     "or of 1x (Table 1's rows and SimCLR, MoCo v2, BYOL), "
@@ -295,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--dry-run", action="store_true", help="print each row and its train command; train nothing")
     tb.set_defaults(func=cmd_table)
 
+
+def _add_report(sub) -> None:
     rp = sub.add_parser("report", help="the paper's figures for your runs, on one HTML page",
                         description="Write DIR/index.html and its PNGs: Figure 3 (kNN or R@1 per epoch and per "
                                     "second, every run on one plot), and per run Figure 5 (cosine similarity of "
@@ -309,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-k", type=int, default=8, help="neighbours per query in the grid (default 8)")
     rp.set_defaults(func=cmd_report)
 
+
+def _add_index(sub) -> None:
     ix = sub.add_parser("index", help="embed an image collection for search",
                         description="Embed every image under --images (recursively; any size: batched, memory "
                                     "bounded by a batch) with a trained run's network into an index folder. "
@@ -330,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--device", help="auto, cpu or cuda")
     ix.set_defaults(func=cmd_index)
 
+
+def _add_search(sub) -> None:
     se = sub.add_parser("search", help="find the images of an index nearest to query images",
                         description="Print the k nearest indexed images of each query image with their cosine "
                                     "similarity (1.0: the same embedding). Queries go through the network the "
@@ -344,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--device", help="auto, cpu or cuda")
     se.set_defaults(func=cmd_search)
 
+
+def _add_cache(sub) -> None:
     ca = sub.add_parser("cache", help="list or empty the decoded-image cache",
                         description="Archives (the CIFAR-10 JPEG copy, ...) are decoded once into a checked cache "
                                     "entry per archive content; subsets are sliced from it. 'list' shows the "
@@ -351,6 +358,20 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("action", choices=["list", "clear"])
     ca.add_argument("--cache-dir", help="cache folder (default: $INVASPREAD_CACHE, else ~/.cache/invaspread)")
     ca.set_defaults(func=cmd_cache)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="invaspread",
+        description="Unsupervised embedding learning with invariant and spreading instance features "
+                    "(Ye et al., CVPR 2019). Learns L2-normalised embeddings from unlabelled images.")
+    parser.add_argument("--version", action="version", version=f"invaspread {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for add in (_add_train, _add_config, _add_eval, _add_embed, _add_table, _add_report, _add_index, _add_search, _add_cache):
+        add(sub)
     return parser
 
 

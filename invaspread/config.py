@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import math
 import re
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,9 +20,19 @@ import yaml
 
 # the checks a method's Config.check composes (invaspread.checks) are public here too: plugins written when they
 # lived here import them from invaspread.config
+from .config_files import PACKAGED_CONFIGS, bundled_configs, resolve_config_path  # noqa: F401
 from .checks import MIN_TEMPERATURE, require, require_choice, require_positive, require_temperature  # noqa: F401
-from .config_methods import new_method_config, validate_method
-from .errors import ConfigError, InvaspreadError
+from .config_methods import (check_installed, include_method, new_method_config, own_method_dict, own_section,
+                             validate_method)
+from .data.benchmarks import STL10_SPLITS
+from .data.datasets import DATASETS
+from .data.transforms import AUGMENT_RECIPES, SUCCESSOR_RECIPES
+from .engine.evaluation import PROTOCOLS
+from .engine.schedule import SCHEDULES
+from .errors import ConfigError, InvaspreadError  # noqa: F401  (re-exported: user code imports them from here)
+from .evaluate.retrieval import NMI_AVERAGES
+from .methods.base import EVAL_FEATURES
+from .models import BACKBONES, HEADS
 
 
 @dataclass
@@ -124,19 +135,23 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every key as plain values, with the run's own method's settings only (what a run saves)."""
+        data = asdict(self)
+        data["method"] = own_method_dict(data["method"])
+        return data
 
 
+# the allowed values of the keys with a fixed set of them, read from the registries that act on them
 CHOICES = {
-    "data.name": ("digits", "cifar10", "cifar10_unseen", "image_folder", "stl10", "cub200", "cars196", "sop"),
-    "data.stl10_split": ("train", "train+unlabeled"),
-    "augment.recipe": ("released", "finegrained", "resized_crop", "simclr", "mocov2", "byol"),
-    "model.arch": ("resnet18_cifar", "resnet18", "resnet50", "inception_v1"),
-    "model.head": ("linear", "mlp", "mlp_bn"),
-    "optim.schedule": ("step", "cosine", "constant"),
-    "eval.protocol": ("auto", "knn", "linear", "retrieval", "none"),
-    "eval.nmi_average": ("arithmetic", "geometric"),
-    "eval.features": ("auto", "embedding", "pooled"),
+    "data.name": tuple(DATASETS),
+    "data.stl10_split": STL10_SPLITS,
+    "augment.recipe": AUGMENT_RECIPES,
+    "model.arch": tuple(BACKBONES),
+    "model.head": tuple(HEADS),
+    "optim.schedule": tuple(SCHEDULES),
+    "eval.protocol": ("auto", *PROTOCOLS, "none"),
+    "eval.nmi_average": NMI_AVERAGES,
+    "eval.features": ("auto", *EVAL_FEATURES),
 }
 
 
@@ -146,7 +161,7 @@ def _describe(tp) -> str:
 
 def _coerce(value: Any, tp, key: str):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union:  # Optional[X]
+    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None (``checks.readable_type``)
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)][0]
@@ -175,17 +190,30 @@ def _coerce(value: Any, tp, key: str):
     raise ConfigError(f"{key}={value!r}: expected {_describe(tp)}")
 
 
-# sections renamed since runs were saved: their keys are read under the new name (the config migration)
-MOVED_SECTIONS = {"loss": "method.invaspread"}   # the InvaSpread loss's settings (before the method contract v2)
+def _method_settings_classes() -> dict:
+    """section -> settings dataclass of every method known now (built-ins, plugins imported so far)."""
+    from .methods import METHODS, plugins
+
+    return {cls.settings_section(name): cls.Config for name, cls in {**METHODS, **plugins.loaded()}.items()
+            if cls.Config is not None}
+
+
+def moved_sections() -> dict:
+    """Top-level sections of old runs read under a method's section: a method's ``Config.moved_from``."""
+    return {settings.moved_from: f"method.{section}" for section, settings in _method_settings_classes().items()
+            if getattr(settings, "moved_from", None)}
 
 
 def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
     """Set ``section.key`` (or ``section.sub.key``, e.g. ``method.nce.noise``) to ``value``, type-checked."""
     where = f" in {source}" if source else ""
     section, _, rest = dotted.partition(".")
-    if section in MOVED_SECTIONS and rest:   # a run saved before the move, or an old command line
-        dotted = f"{MOVED_SECTIONS[section]}.{rest}"
+    moved = moved_sections()
+    if section in moved and rest:   # a run saved before the move, or an old command line
+        dotted = f"{moved[section]}.{rest}"
     parts = dotted.split(".")
+    if parts[0] == "method" and len(parts) > 1:   # a plugin named here gets its section (imported now, alone)
+        include_method(cfg, value if parts[1] == "name" else parts[1])
     node = cfg
     for depth, part in enumerate(parts):
         types = typing.get_type_hints(type(node))
@@ -215,16 +243,27 @@ DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 def validate(cfg: Config) -> Config:
-    def get(dotted):
-        node = cfg
-        for part in dotted.split("."):
-            node = getattr(node, part)
-        return node
+    """``cfg`` if every key holds a value its code accepts, else a ``ConfigError`` naming the first bad key."""
+    _check_choices(cfg)
+    _check_numbers(cfg)
+    validate_method(cfg)
+    _check_train(cfg.train)
+    _check_optim(cfg.optim)
+    _check_augment(cfg.augment)
+    _check_data(cfg)
+    _check_eval(cfg.eval)
+    return cfg
 
+
+def _check_choices(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
-        value = get(key)
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def _check_numbers(cfg: Config) -> None:
     positive = {"data.image_size": cfg.data.image_size, "eval.knn_k": cfg.eval.knn_k, "model.embedding_dim": cfg.model.embedding_dim,
                 "model.width": cfg.model.width, "eval.batch_size": cfg.eval.batch_size,
                 "model.bn_groups": cfg.model.bn_groups, "model.head_hidden": cfg.model.head_hidden}
@@ -237,62 +276,74 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
             raise ConfigError(f"{key}={value!r}: expected a finite number >= 0")
-    validate_method(cfg)
-    if cfg.train.keep < 0:
-        raise ConfigError(f"train.keep={cfg.train.keep}: expected 0 (last.pt only) or a number of epochs to keep")
-    if any(e < 1 for e in cfg.train.save_epochs):
-        raise ConfigError(f"train.save_epochs={cfg.train.save_epochs}: expected epoch numbers >= 1")
-    if cfg.train.epochs < 0:
-        raise ConfigError(f"train.epochs={cfg.train.epochs}: expected 0 (evaluate only) or more")
-    if cfg.train.batch_size < 2:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: the loss needs at least 2 instances per batch")
-    if len(cfg.optim.decay_epochs) != len(cfg.optim.decay_factors):
-        raise ConfigError(f"optim.decay_epochs {cfg.optim.decay_epochs} and optim.decay_factors "
-                          f"{cfg.optim.decay_factors} must have the same length")
-    if not 0 <= cfg.optim.dampening < 1:
-        raise ConfigError(f"optim.dampening={cfg.optim.dampening}: expected 0 <= dampening < 1")
-    if cfg.optim.nesterov and (cfg.optim.dampening != 0 or cfg.optim.momentum == 0):
+
+
+def _check_train(train: TrainConfig) -> None:
+    if train.keep < 0:
+        raise ConfigError(f"train.keep={train.keep}: expected 0 (last.pt only) or a number of epochs to keep")
+    if any(e < 1 for e in train.save_epochs):
+        raise ConfigError(f"train.save_epochs={train.save_epochs}: expected epoch numbers >= 1")
+    if train.epochs < 0:
+        raise ConfigError(f"train.epochs={train.epochs}: expected 0 (evaluate only) or more")
+    if train.batch_size < 2:
+        raise ConfigError(f"train.batch_size={train.batch_size}: the loss needs at least 2 instances per batch")
+    if train.eval_every < 0:
+        raise ConfigError(f"train.eval_every={train.eval_every}: expected 0 (only at the end) or a number of epochs")
+    if not DEVICE_NAME.match(train.device):
+        raise ConfigError(f"train.device={train.device!r}: expected auto, cpu, cuda or cuda:N")
+    if not 0 <= train.seed < 2 ** 63:
+        raise ConfigError(f"train.seed={train.seed}: expected an integer from 0 to 9223372036854775807")
+
+
+def _check_optim(optim: OptimConfig) -> None:
+    if len(optim.decay_epochs) != len(optim.decay_factors):
+        raise ConfigError(f"optim.decay_epochs {optim.decay_epochs} and optim.decay_factors "
+                          f"{optim.decay_factors} must have the same length")
+    if not 0 <= optim.dampening < 1:
+        raise ConfigError(f"optim.dampening={optim.dampening}: expected 0 <= dampening < 1")
+    if optim.nesterov and (optim.dampening != 0 or optim.momentum == 0):
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0 and optim.dampening=0 (torch.optim.SGD)")
-    if not 0 <= cfg.augment.color_jitter <= 0.5:
-        raise ConfigError(f"augment.color_jitter={cfg.augment.color_jitter}: expected 0..0.5 (hue range limit)")
-    if not 0 <= cfg.augment.grayscale_p <= 1:
-        raise ConfigError(f"augment.grayscale_p={cfg.augment.grayscale_p}: expected a probability in 0..1")
-    if not 0 < cfg.augment.crop_scale_min <= 1:
-        raise ConfigError(f"augment.crop_scale_min={cfg.augment.crop_scale_min}: expected 0 < value <= 1")
-    _check_successor_recipe(cfg.augment)
+    if any(not (f > 0 and math.isfinite(f)) for f in optim.decay_factors):
+        raise ConfigError(f"optim.decay_factors={optim.decay_factors}: expected positive lr multipliers, e.g. "
+                          f"[0.1, 0.01]")
+    if any(e < 0 for e in optim.decay_epochs):
+        raise ConfigError(f"optim.decay_epochs={optim.decay_epochs}: expected epoch numbers >= 0")
+
+
+def _check_augment(aug: AugmentConfig) -> None:
+    if not 0 <= aug.color_jitter <= 0.5:
+        raise ConfigError(f"augment.color_jitter={aug.color_jitter}: expected 0..0.5 (hue range limit)")
+    if not 0 <= aug.grayscale_p <= 1:
+        raise ConfigError(f"augment.grayscale_p={aug.grayscale_p}: expected a probability in 0..1")
+    if not 0 < aug.crop_scale_min <= 1:
+        raise ConfigError(f"augment.crop_scale_min={aug.crop_scale_min}: expected 0 < value <= 1")
+    _check_successor_recipe(aug)
+
+
+def _check_data(cfg: Config) -> None:
     for key, value in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
         if value is not None and len(value) != 3:
             raise ConfigError(f"{key}={value}: expected 3 numbers (R, G, B)")
     if cfg.data.std is not None and not all(v > 0 and math.isfinite(v) for v in cfg.data.std):
         raise ConfigError(f"data.std={cfg.data.std}: every channel's std must be a positive number (images are "
                           f"divided by it)")
-    require_temperature("eval.knn_temperature", cfg.eval.knn_temperature)
-    if not cfg.eval.recall_ks or any(k < 1 for k in cfg.eval.recall_ks):
-        raise ConfigError(f"eval.recall_ks={cfg.eval.recall_ks}: expected a non-empty list of K >= 1, e.g. [1, 2, 4, 8]")
-    if any(not (f > 0 and math.isfinite(f)) for f in cfg.optim.decay_factors):
-        raise ConfigError(f"optim.decay_factors={cfg.optim.decay_factors}: expected positive lr multipliers, e.g. "
-                          f"[0.1, 0.01]")
-    if any(e < 0 for e in cfg.optim.decay_epochs):
-        raise ConfigError(f"optim.decay_epochs={cfg.optim.decay_epochs}: expected epoch numbers >= 0")
     for key, value in (("data.subset_per_class", cfg.data.subset_per_class),
                        ("data.test_subset_per_class", cfg.data.test_subset_per_class),
                        ("model.pool_window", cfg.model.pool_window), ("data.resize", cfg.data.resize)):
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value}: expected null (all / the default) or a positive number")
-    if cfg.train.eval_every < 0:
-        raise ConfigError(f"train.eval_every={cfg.train.eval_every}: expected 0 (only at the end) or a number of "
-                          f"epochs")
-    if not DEVICE_NAME.match(cfg.train.device):
-        raise ConfigError(f"train.device={cfg.train.device!r}: expected auto, cpu, cuda or cuda:N")
-    if not 0 <= cfg.train.seed < 2 ** 63:
-        raise ConfigError(f"train.seed={cfg.train.seed}: expected an integer from 0 to 9223372036854775807")
-    return cfg
+
+
+def _check_eval(ev: EvalConfig) -> None:
+    require_temperature("eval.knn_temperature", ev.knn_temperature)
+    if not ev.recall_ks or any(k < 1 for k in ev.recall_ks):
+        raise ConfigError(f"eval.recall_ks={ev.recall_ks}: expected a non-empty list of K >= 1, e.g. [1, 2, 4, 8]")
 
 
 def _check_successor_recipe(aug: AugmentConfig):
     """A successor's recipe (simclr / mocov2 / byol) fixes its own strengths: the released recipe's strength keys
     may only switch an operation off (0), never set a strength that would silently go unused."""
-    if aug.recipe not in ("simclr", "mocov2", "byol"):
+    if aug.recipe not in SUCCESSOR_RECIPES:
         return
     defaults = AugmentConfig()
     for key, off in (("crop_scale_min", None), ("color_jitter", 0.0), ("grayscale_p", 0.0)):
@@ -316,8 +367,9 @@ def _flatten(values: dict, prefix: str, source: str):
 
 
 def describe(cfg: Config):
-    """Yield (dotted key, value, one-line meaning) for every key of ``cfg``; the meanings are the comments
-    beside the fields in this file, so the help text cannot drift from the code."""
+    """Yield (dotted key, value, one-line meaning) for every key of ``cfg`` (of the method section: its own
+    method's settings); the meanings are the comments beside the fields, so the help text cannot drift from the
+    code."""
     import inspect
 
     def walk(node, prefix):
@@ -326,6 +378,8 @@ def describe(cfg: Config):
             comments = dict(re.findall(r"^\s+(\w+): [^#\n]*?(?:#\s*(.*))?$", inspect.getsource(type(node)), re.M))
         for f in dataclasses.fields(node):
             value = getattr(node, f.name)
+            if node is cfg.method and dataclasses.is_dataclass(value) and f.name != own_section(cfg.method.name):
+                continue   # another method's settings: not part of this config (``Config.to_dict``)
             if dataclasses.is_dataclass(value):
                 yield from walk(value, f"{prefix}{f.name}.")
             else:
@@ -339,6 +393,7 @@ def from_dict(data: dict, source: str = "") -> Config:
     where = f" in {source}" if source else ""
     if not isinstance(data, dict):
         raise ConfigError(f"config{where} must be a mapping of sections, got {type(data).__name__}")
+    check_installed(data, source)
     for section, values in data.items():
         for dotted, value in _flatten(values, str(section), source):
             set_key(cfg, dotted, value, source)
@@ -354,38 +409,41 @@ SAME_RESULT_KEYS = ("train.epochs", "data.root", "data.test_root", "data.cache_d
 RESUMABLE_KEYS = SAME_RESULT_KEYS + ("optim.lr", "eval.protocol", "eval.nmi_average", "eval.features")
 
 # keys added after runs were saved without them, and the value that reproduces how those runs trained (where it
-# is not the new default)
-LEGACY_VALUES = {"method.deepcluster.classifier_optimizer": "shared",
-                 # the CPU trained in float32, contiguous, with PIL augmentation in workers (engine.precision)
-                 "train.cpu_bf16": False, "train.cpu_fast_path": False}
+# is not the new default); a method's own are its ``Config.legacy_values`` (``legacy_values``)
+LEGACY_VALUES = {"train.cpu_bf16": False, "train.cpu_fast_path": False}   # the CPU trained in float32, contiguous,
+#                                                                           with PIL augmentation (engine.precision)
+
+
+def legacy_values() -> dict:
+    """``LEGACY_VALUES`` and every known method's ``Config.legacy_values`` under ``method.SECTION.``."""
+    found = dict(LEGACY_VALUES)
+    for section, settings in _method_settings_classes().items():
+        found.update({f"method.{section}.{key}": value for key, value in getattr(settings, "legacy_values", {}).items()})
+    return found
 
 
 def completed(data: dict, source: str = "") -> dict:
     """A config dict as saved by an older version, with every key added since (the form ``Config.to_dict`` gives
-    today): at the value that reproduces how the run trained (``LEGACY_VALUES``), else at its default, so a run
-    written before a key existed compares equal to itself and resumes as it trained."""
-    data = _without_absent_methods(data)
+    today): at the value that reproduces how the run trained (``legacy_values``), else at its default, so a run
+    written before a key existed compares equal to itself and resumes as it trained. Only the run's own method's
+    section is read (older runs saved every method's)."""
+    data = _own_method_only(data)
     cfg = from_dict(data, source)
-    for dotted, value in LEGACY_VALUES.items():
+    for dotted, value in legacy_values().items():
         node = data
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
+        if node is None and (not dotted.startswith("method.") or dotted.split(".")[1] == own_section(cfg.method.name)):
             set_key(cfg, dotted, value, source)
     return cfg.to_dict()
 
 
-def _without_absent_methods(data: dict) -> dict:
-    """A saved config lists every method registered when it was written; a section of a method not installed now
-    (a plugin since removed) is dropped unless it is the run's own method, whose absence stays an error."""
-    from .config_methods import method_config_class
-
+def _own_method_only(data: dict) -> dict:
+    """A saved config without the sections of methods other than the run's own (older runs saved every one)."""
     method = data.get("method") if isinstance(data, dict) else None
     if not isinstance(method, dict):
         return data
-    known = {f.name for f in dataclasses.fields(method_config_class())}
-    kept = {k: v for k, v in method.items() if k in known or k == method.get("name") or not isinstance(v, dict)}
-    return {**data, "method": kept}
+    return {**data, "method": own_method_dict(method)}
 
 
 def parse_override(text: str):
@@ -435,23 +493,3 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
 def save_config(cfg: Config, path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
-
-
-def bundled_configs() -> List[str]:
-    return sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
-
-
-def resolve_config_path(name: str, flag: str = "--config") -> str:
-    """A YAML file's path, or the bundled config of that name (``cifar10`` -> invaspread/configs/cifar10.yaml);
-    ``flag`` names the argument in the error (``invaspread config NAME`` takes it without a flag)."""
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return str(p)
-    packaged = PACKAGED_CONFIGS / f"{name}.yaml"
-    if packaged.is_file():
-        return str(packaged)
-    raise InvaspreadError(f"{flag + ' ' if flag else ''}{name}: no such file and no bundled config of that name "
-                          f"(bundled: {', '.join(bundled_configs())})")

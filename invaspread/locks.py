@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .config import InvaspreadError
+from .errors import InvaspreadError
 
 try:
     import fcntl

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from .config import InvaspreadError
+from .errors import InvaspreadError
 
 NAME_MAX = 255   # bytes in one file name on Linux, macOS and Windows file systems
 

@@ -12,6 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Under pytest-xdist (the README's ``-n 2``) each worker computes on one thread, and so do the processes its tests
+# start (OMP_NUM_THREADS is read by torch at start-up): two workers on two cores, not four threads fighting for
+# two. A test that fixes its own thread count (the integration trainings) sets it explicitly.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
 
@@ -152,13 +161,22 @@ def readme_blocks():
     return python, tomllib.loads(toml)["project"]["entry-points"]["invaspread.methods"]
 
 
+def install_dist(site: Path, dist: str, version: str, points: dict, files: dict) -> None:
+    """An installed distribution as importlib.metadata sees it: ``files`` (relative path -> text) in ``site`` and a
+    dist-info whose entry points are ``points`` (group -> {name: "module:attr"})."""
+    for rel, text in files.items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in named.items())
+                                                   for group, named in points.items()))
+
+
 def install_readme_plugin(site):
     """The README's module and entry-point lines as an installed distribution (a dist-info on the path)."""
     python, points = readme_blocks()
     assert len(python.strip().splitlines()) <= 45
     module = points["align_uniform"].split(":")[0]
-    (site / f"{module}.py").write_text(python)
-    info = site / "my_methods-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-methods\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[invaspread.methods]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+    install_dist(site, "my-methods", "0.1", {"invaspread.methods": points}, {f"{module}.py": python})

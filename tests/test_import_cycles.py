@@ -89,3 +89,16 @@ def test_the_graph_sees_relative_and_deferred_imports():
 def test_the_package_has_no_import_cycle():
     cycles = [sorted(c) for c in strongly_connected_components(import_graph()) if len(c) > 1]
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_of_the_package_is_longer_than_60_lines():
+    """Long functions are where settings get tangled (the guide's limit; a long command-line parser is split by
+    command, a long validation by section)."""
+    long = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in sorted(PACKAGE.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, long

@@ -41,7 +41,7 @@ def build(name, n=40, seed=0):
 
 def test_config_sections_and_names_are_the_registry():
     cfg = load_config()
-    sections = {f.name for f in dataclasses.fields(cfg.method)} - {"name"}
+    sections = {f.name for f in dataclasses.fields(cfg.method)} - {"name", "plugin"}
     assert sections == {cls.settings_section(n) for n, cls in registry().items() if cls.Config is not None}
     with pytest.raises(ConfigError, match="method.name='nope': expected one of " + ", ".join(registry()) + "$"):
         load_config(None, ["method.name=nope"])

@@ -43,11 +43,11 @@ def test_a_readme_command_parses_and_its_settings_exist(command, tmp_path, monke
     if "align_uniform" in command:   # README "Your own method": with its plugin installed, as the README says
         install_readme_plugin(tmp_path)
         monkeypatch.syspath_prepend(str(tmp_path))
-    methods._plugins.cache_clear()
+    methods.plugins.forget()
     try:
         _check(command)
     finally:
-        methods._plugins.cache_clear()
+        methods.plugins.forget()
 
 
 def _check(command):

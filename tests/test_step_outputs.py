@@ -60,7 +60,7 @@ class ReturnsAFloat(METHODS["invaspread"]):
 
 @pytest.mark.parametrize("cls, message", [
     (NamesTheLr, "method NamesTheLr: training_step reports lr, a name the trainer writes itself"),
-    (ReturnsAFloat, "method ReturnsAFloat: training_step returned float, expected the loss tensor or a dict"),
+    (ReturnsAFloat, "method ReturnsAFloat: training_step returned float; expected the loss as a scalar tensor"),
 ])
 def test_a_step_output_the_trainer_cannot_use_is_one_line_naming_the_method(cls, message, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "odd", cls)

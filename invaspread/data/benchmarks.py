@@ -60,6 +60,10 @@ def read_stl10_split(folder: Path, split: str) -> ArrayImages:
     return ArrayImages(images, labels, classes)
 
 
+# data.stl10_split: the labelled 5,000, or with the 100,000 unlabelled images (Table 2's "105K")
+STL10_SPLITS = ("train", "train+unlabeled")
+
+
 def _stl10(cfg, progress):
     if cfg.download:
         from torchvision.datasets import STL10

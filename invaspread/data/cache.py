@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from ..atomic import atomic_file
-from ..config import InvaspreadError
+from ..errors import InvaspreadError
 from ..locks import Lock
 
 

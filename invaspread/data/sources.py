@@ -25,7 +25,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..config import InvaspreadError
+from ..errors import InvaspreadError
 from .cache import cache_folder, entry_lock, file_digest, load_entry, store_entry
 from .cache import metadata as cache_metadata
 

@@ -75,6 +75,8 @@ SUCCESSOR_RECIPES = {
 # recipes whose views are crop -> jitter -> grey -> flip (-> blur -> solarise) of the whole image: evaluated by
 # resizing to image_size, and augmentable on the device (``DeviceAugment``)
 CROP_JITTER_RECIPES = ("released",) + tuple(SUCCESSOR_RECIPES)
+# every augment.recipe: the crop/jitter family, and the fine-grained benchmarks' crops (``train_transforms``)
+AUGMENT_RECIPES = CROP_JITTER_RECIPES + ("finegrained", "resized_crop")
 
 
 def view_recipes(aug) -> Tuple[ViewRecipe, ...]:

@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..data.bundle import PlannedViewsDataset, ViewsDataset, images_as_tensor, usable_workers
 from ..data.sources import DataError
 from ..data.device_augment import DeviceAugment

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_file
-from ..config import ConfigError, InvaspreadError, completed
+from ..config import completed
+from ..errors import ConfigError, InvaspreadError
 
 CHECKPOINT_VERSION = 1
 
@@ -120,4 +121,12 @@ def load_method_state(method, state: dict) -> None:
         raise ConfigError(f"the run's state does not fit this data ({'; '.join(differ[:2])}): a memory bank or "
                           f"classifier has one row per training image (or cluster), so the run must resume on the data "
                           f"it started with (check data.root and data.subset_per_class)")
+    missing, unexpected = sorted(set(ours) - set(saved)), sorted(set(saved) - set(ours))
+    if missing or unexpected:   # the method's code changed between save and resume (a plugin's, typically)
+        said = [f"{what} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for what, keys in
+                (("the method now has", missing), ("the checkpoint has", unexpected)) if keys]
+        raise ConfigError(f"method {type(method).__name__}: the run's saved state does not fit the method as installed "
+                          f"now ({'; '.join(said)}, not in the other): its code changed since the run was saved; "
+                          f"resume with the version that saved it, or start a new run from its network with --set "
+                          f"model.init_from=RUN_DIR")
     method.load_state_dict(saved)

@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..config import ConfigError, InvaspreadError
+from ..errors import ConfigError, InvaspreadError
 from ..evaluate import knn_accuracy, linear_probe, recall_at_k
 from ..evaluate import nmi as nmi_score
 from .features import evaluation_network, source_features

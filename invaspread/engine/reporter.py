@@ -14,7 +14,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import InvaspreadError, save_config
+from ..config import save_config
+from ..errors import InvaspreadError
 from .checkpoint import CHECKPOINT_VERSION, method_checkpoint_state, save_checkpoint
 from .run_folder import RunFolder
 from .tensorboard import ScalarLog
@@ -23,7 +24,6 @@ from .tensorboard import ScalarLog
 class Silent:
     """The reporter of a torchrun rank other than 0: it trains its share and writes nothing."""
 
-    main = False
     path: Optional[Path] = None
 
     def __enter__(self):
@@ -49,8 +49,6 @@ class Silent:
 
 
 class Reporter(Silent):
-    main = True
-
     def __init__(self, folder: RunFolder, log: Callable[[str], None]):
         self.folder, self.path, self._log = folder, folder.path, log
         self.scalars: Optional[ScalarLog] = None

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..atomic import atomic_file
-from ..config import ConfigError, InvaspreadError
+from ..errors import ConfigError, InvaspreadError
 from ..locks import Lock, LockBusy
 from ..outputs import check_out
 

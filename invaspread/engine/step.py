@@ -13,20 +13,38 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..config import InvaspreadError
+from ..errors import InvaspreadError
 
 # names the trainer writes into every metrics line itself: a reported scalar may not take them
 METRICS_KEYS = ("epoch", "loss", "lr", "train_seconds", "epoch_start_seconds", "images_per_second")
 
 
 def split_output(output, method) -> Tuple[torch.Tensor, Optional[dict]]:
-    """(loss, the step's dict or None) of what ``method``'s ``training_step`` returned."""
-    if isinstance(output, torch.Tensor):
-        return output, None
-    if isinstance(output, dict) and isinstance(output.get("loss"), torch.Tensor):
-        return output["loss"], output
-    raise InvaspreadError(f"method {type(method).__name__}: training_step returned {type(output).__name__}, expected "
-                          f"the loss tensor or a dict with the loss tensor under 'loss'")
+    """(loss, the step's dict or None) of what ``method``'s ``training_step`` returned, the loss checked to be a
+    floating-point scalar tensor with a gradient (no synchronisation: its finiteness is ``check_finite_loss``'s)."""
+    loss, outputs = (output, None) if not isinstance(output, dict) else (output.get("loss"), output)
+    what = "training_step returned" if outputs is None else "training_step's dict holds under 'loss'"
+    expected = "the loss as a scalar tensor computed from the views (or a dict with it under 'loss')"
+    if not isinstance(loss, torch.Tensor):
+        raise InvaspreadError(f"method {type(method).__name__}: {what} {type(loss).__name__}; expected {expected}")
+    if loss.dim() != 0:
+        raise InvaspreadError(f"method {type(method).__name__}: {what} a tensor of shape {tuple(loss.shape)}; "
+                              f"expected a scalar (0-d): reduce it, e.g. with .mean()")
+    if not loss.is_floating_point():
+        raise InvaspreadError(f"method {type(method).__name__}: {what} a {loss.dtype} tensor; expected a "
+                              f"floating-point loss")
+    if not loss.requires_grad:
+        raise InvaspreadError(f"method {type(method).__name__}: {what} a tensor without a gradient (computed under "
+                              f"torch.no_grad, detached, or not from the network's outputs); expected {expected}")
+    return loss, outputs
+
+
+def check_finite_loss(loss: torch.Tensor, method, step: int) -> None:
+    """The loss of a run's first step is finite: a NaN there comes from the method, not from a divergence."""
+    if not bool(torch.isfinite(loss)):
+        raise InvaspreadError(f"method {type(method).__name__}: the loss of step {step}, the first this training "
+                              f"ran, is {loss.item()}: its training_step computes a NaN or infinite loss from finite "
+                              f"weights (a divergence would show later, at the end of an epoch)")
 
 
 def reported_scalars(outputs: dict, method) -> Dict[str, torch.Tensor]:
@@ -41,14 +59,18 @@ def reported_scalars(outputs: dict, method) -> Dict[str, torch.Tensor]:
 
 
 def train_step(method, optimizer, views, index, bf16: bool, runner=None, step: int = 1,
-               total_steps: int = 1, scalars: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+               total_steps: int = 1, scalars: Optional[Dict[str, torch.Tensor]] = None,
+               first: bool = False) -> torch.Tensor:
     """One SGD step of ``method`` on a batch; returns the detached loss. ``bf16``: autocast to bf16 on the
     batch's device (``engine.precision`` decides when: CUDA, a CPU that computes bf16 natively).
     ``runner``: the method wrapped in ``DistributedDataParallel`` under torchrun; ``step`` / ``total_steps``:
     the run's step count after this step and its planned total (``Method.after_step``); ``scalars``: where the
-    step's reported scalars are summed, by name (the epoch's totals)."""
+    step's reported scalars are summed, by name (the epoch's totals); ``first``: the first step of a run or of a
+    resume, whose loss is checked to be finite (one synchronisation)."""
     with torch.autocast(device_type=views.device.type, dtype=torch.bfloat16, enabled=bf16):
         loss, outputs = split_output((runner or method)(views, index), method)
+    if first:
+        check_finite_loss(loss, method, step)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 # metrics key -> TensorBoard tag; any other numeric key (recall@K, nmi, linear_top1, ...) goes under eval/
 TAGS = {"loss": "train/loss", "lr": "train/lr", "images_per_second": "speed/images_per_second",

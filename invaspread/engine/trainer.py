@@ -17,9 +17,10 @@ from typing import Callable, Optional
 
 import torch
 
-from ..config import (RESUMABLE_KEYS, Config, ConfigError, InvaspreadError, completed, from_dict, parse_override,
-                      set_key, validate)
+from ..config import RESUMABLE_KEYS, Config, completed, from_dict, parse_override, set_key, validate
+from ..config_methods import record_origin
 from ..data.datasets import build_data
+from ..errors import ConfigError, InvaspreadError
 from ..methods import build_method
 from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
@@ -33,32 +34,12 @@ from .precision import forward_settings, resolve_cpu_precision, resolve_device
 from .reporter import Reporter, Silent
 from .run_folder import RunFolder
 from .step import build_optimizer, train_step
+from .schedule import learning_rate
 from .tensorboard import summary_writer_class
 
 
 class DivergedError(InvaspreadError):
     """Training stopped because the loss or the weights became NaN or infinite (the last finite epoch is saved)."""
-
-
-def learning_rate(optim_cfg, epochs: int, epoch_progress: float) -> float:
-    """lr at ``epoch_progress`` epochs into training (0-based, fractional within an epoch).
-
-    step: lr x decay_factors[i] once epoch >= decay_epochs[i] (paper: x0.1 at 120, x0.01 at 160);
-    cosine: half-cosine from lr to 0 after warm-up; constant: lr. Warm-up is linear from 0.
-    """
-    lr, warmup = optim_cfg.lr, optim_cfg.warmup_epochs
-    if warmup > 0 and epoch_progress < warmup:
-        return lr * epoch_progress / warmup
-    if optim_cfg.schedule == "cosine":
-        span = max(epochs - warmup, 1e-8)
-        return lr * 0.5 * (1 + math.cos(math.pi * min((epoch_progress - warmup) / span, 1.0)))
-    if optim_cfg.schedule == "step":
-        factor = 1.0
-        for milestone, f in zip(optim_cfg.decay_epochs, optim_cfg.decay_factors):
-            if int(epoch_progress) >= milestone:
-                factor = f
-        return lr * factor
-    return lr
 
 
 def load_encoder_weights(model, path) -> None:
@@ -141,6 +122,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         state["overrides"] = list(overrides or [])
     else:
         resolve_cpu_precision(cfg)   # a new run records what "null" meant on this CPU
+        record_origin(cfg)           # ... and where its method came from, when a plugin
     device, started_group = start_from_environment(resolve_device(cfg.train.device))   # torchrun: join the group
     main = world()[0] == 0   # under torchrun rank 0 alone owns the run folder and prints
     if main and not resume:
@@ -311,7 +293,7 @@ def _run_steps(run: Run, report, epoch: int, plan: Optional[torch.Tensor]):
             group["lr"] = lr * group.get("lr_scale", 1.0)
         run.steps_done += 1
         loss = train_step(run.method, run.optimizer, views, index, run.bf16, run.runner, run.steps_done,
-                          total_steps, scalar_totals)
+                          total_steps, scalar_totals, first=epoch == run.start_epoch + 1 and step == 0)
         total_loss += loss
         if epoch == run.start_epoch + 1 and run.device.type != "cuda" and step in (0, 2) and steps > 3:
             # on the CPU, say early what an epoch will cost (the first step also starts the loader)

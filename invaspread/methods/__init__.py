@@ -1,20 +1,19 @@
 """Every system the harness trains, one file each, found by name: ``registry()[name] -> Method`` class.
 
-``METHODS`` holds the built-ins; ``registry()`` adds every entry point of the group ``invaspread.methods``
-(``importlib.metadata``) -- a package's ``pyproject.toml`` line ``NAME = "its_module:ItsMethod"`` makes
-``--set method.name=NAME`` train it and ``method.NAME.*`` its settings (README "Your own method").
-``build_method(cfg, encoder, num_instances)`` builds ``registry()[cfg.method.name]``.
+``METHODS`` holds the built-ins; the entry points of the group ``invaspread.methods`` add plugins
+(``methods.plugins``) -- a package's ``pyproject.toml`` line ``NAME = "its_module:ItsMethod"`` makes
+``--set method.name=NAME`` train it and ``method.NAME.*`` its settings (README "Your own method"). A plugin is
+imported only when a run names it (``load_method``); ``registry()`` imports them all, for listings.
+``build_method(cfg, encoder, num_instances)`` builds ``load_method(cfg.method.name)``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import re
-from typing import Dict
+from typing import Dict, List
 
 from ..checks import require_method
 from ..errors import InvaspreadError
+from . import plugins
 from .base import Method, ema_update, epoch_generator, epoch_seed
 from .byol import BYOL
 from .deepcluster import DeepCluster
@@ -42,49 +41,51 @@ METHODS: Dict[str, type] = {
     "byol": BYOL,                   # after the paper: BYOL (Grill et al. 2020), table 1x
 }
 
-ENTRY_POINT_GROUP = "invaspread.methods"
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+ENTRY_POINT_GROUP = plugins.GROUP
 
 
-def _checked(name: str, cls, origin: str) -> type:
-    """A plugin's class, or a one-line error naming its entry point and what is wrong."""
-    if not _NAME.match(name) or name == "name":
-        raise InvaspreadError(f"{origin}: method name {name!r} must be lower-case letters, digits and _ (not 'name')")
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise InvaspreadError(f"{origin}: {cls!r} is not a subclass of invaspread.methods.Method")
-    if cls.Config is not None and not dataclasses.is_dataclass(cls.Config):
-        raise InvaspreadError(f"{origin}: {cls.__name__}.Config must be a @dataclass of the method's settings")
-    return cls
+def method_names() -> List[str]:
+    """Every method a run may name: the built-ins, then the installed entry points (none of them imported)."""
+    return list(METHODS) + [name for name in plugins.installed() if name not in METHODS]
 
 
-@functools.lru_cache(maxsize=None)
-def _plugins() -> tuple:
-    """(name, class) of every ``invaspread.methods`` entry point installed (read once per process)."""
-    from importlib.metadata import entry_points
-
-    found = []
-    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
-        origin = f"entry point {point.name} = {point.value} (group {ENTRY_POINT_GROUP})"
-        if point.name in METHODS:
-            raise InvaspreadError(f"{origin}: the name {point.name!r} is a built-in method; choose another")
-        try:
-            cls = point.load()
-        except Exception as err:   # the user's module: any failure is theirs to see, in one line
-            raise InvaspreadError(f"{origin} could not be loaded: {type(err).__name__}: {err}") from err
-        found.append((point.name, _checked(point.name, cls, origin)))
-    return tuple(found)
+def load_method(name: str) -> type:
+    """The class of the method ``name``: a built-in, or the installed plugin of that name, imported now (only
+    this one); an unknown name is one line with the closest name."""
+    if name in METHODS:
+        return METHODS[name]
+    require_method(name, method_names())
+    return plugins.load(name)
 
 
 def registry() -> Dict[str, type]:
-    """Every method by name: the built-ins, then the installed entry points."""
-    return {**METHODS, **dict(_plugins())}
+    """Every method by name, each plugin imported: what listings use. A plugin that cannot be used is left out
+    (``broken_plugins`` names it and says why), so one broken plugin never disables the others."""
+    found = dict(METHODS)
+    for name in plugins.installed():
+        if name not in METHODS and name not in broken_plugins():
+            found[name] = plugins.load(name)
+    return found
+
+
+def broken_plugins() -> Dict[str, str]:
+    """name -> the one-line reason, for every installed method entry point that cannot be used."""
+    broken = {}
+    for name, points in plugins.installed().items():
+        if name in METHODS:
+            broken[name] = (f"{points[0].origin}: the name {name!r} is a built-in method, which is the one "
+                            f"used; choose another name")
+            continue
+        try:
+            plugins.load(name)
+        except InvaspreadError as err:
+            broken[name] = str(err)
+    return broken
 
 
 def build_method(cfg, encoder, num_instances: int) -> Method:
     """The method named by ``cfg.method.name`` around ``encoder``, for ``num_instances`` training images."""
-    methods = registry()
-    require_method(cfg.method.name, methods)
-    return methods[cfg.method.name].from_config(cfg, encoder, num_instances)
+    return load_method(cfg.method.name).from_config(cfg, encoder, num_instances)
 
 
 def evaluation_features(cfg) -> str:
@@ -92,8 +93,9 @@ def evaluation_features(cfg) -> str:
     method's own choice ("embedding" or "pooled")."""
     if cfg.eval.features != "auto":
         return cfg.eval.features
-    return registry()[cfg.method.name].eval_features
+    return load_method(cfg.method.name).eval_features
 
 
-__all__ = ["ENTRY_POINT_GROUP", "METHODS", "Method", "MemoryBank", "build_method", "ema_update", "epoch_generator",
-           "epoch_seed", "evaluation_features", "nearest_neighbour_positives", "registry"]
+__all__ = ["ENTRY_POINT_GROUP", "METHODS", "Method", "MemoryBank", "broken_plugins", "build_method", "ema_update",
+           "epoch_generator", "epoch_seed", "evaluation_features", "load_method", "method_names",
+           "nearest_neighbour_positives", "registry"]

@@ -1,4 +1,4 @@
-"""The one base class of the compared systems, and its contract with the trainer (version 2).
+"""The one base class of the compared systems, and its contract with the trainer.
 
 A method is one file: a ``Method`` subclass and, beside it, its settings dataclass ``Config`` (keys
 ``method.NAME.*``; ``Config.check(prefix)`` raises a one-line ``ConfigError`` for a bad value). It is found by name
@@ -54,9 +54,19 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- momentum x target + (1 - momentum) x online, parameter by parameter (MoCo's key encoder, BYOL's
-    target). Buffers (BatchNorm statistics) are not averaged: the target keeps its own, from its own forwards."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+    target). Buffers (BatchNorm statistics) are not averaged: the target keeps its own, from its own forwards.
+    One fused update over all parameters (``torch._foreach_*``: one kernel per op on CUDA, not one per tensor),
+    the same arithmetic as the per-tensor ``t.mul_(m).add_(o, alpha=1 - m)``."""
+    targets = list(target.parameters())
+    onlines = [o.detach() for o in online.parameters()]
+    if len(targets) != len(onlines):
+        raise ValueError(f"ema_update: the target has {len(targets)} parameters, the online network {len(onlines)}")
+    torch._foreach_mul_(targets, momentum)
+    torch._foreach_add_(targets, onlines, alpha=1 - momentum)
+
+
+# what a method's ``eval_features`` may name (``eval.features`` adds "auto": the method's choice)
+EVAL_FEATURES = ("embedding", "pooled")
 
 
 class Method(nn.Module):

@@ -32,6 +32,7 @@ that a flat direction cannot blow up (faiss divides by sqrt(eigenvalue)).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,9 @@ class DeepClusterConfig:
     pca_dims: int = 256  # PCA-whitening keeps at most this many dimensions before k-means (DeepCluster: 256)
     kmeans_iterations: int = 20  # Lloyd iterations per clustering (DeepCluster's faiss niter: 20)
     classifier_optimizer: str = "reference"  # reference: the classifier's own SGD (no momentum, weight decay 1e-5; deepcluster main.py) | shared: the network's SGD
+
+    # a run saved before classifier_optimizer existed trained with the network's SGD (config.completed)
+    legacy_values: ClassVar[dict] = {"classifier_optimizer": "shared"}
 
     def check(self, prefix: str) -> None:
         require_positive(prefix, self, "clusters", "reassign", "pca_dims", "kmeans_iterations")

@@ -10,7 +10,7 @@ current backbone (pool5) feature space, re-mined at the start of every epoch (th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import nn
@@ -24,8 +24,10 @@ from .base import Method, epoch_generator
 
 @dataclass
 class InvaSpreadConfig:
-    """The InvaSpread loss (Eq. 3-7) and its options (``method.invaspread.*``; runs saved before the method
-    contract v2 kept them in a top-level ``loss`` section, read under the new name)."""
+    """The InvaSpread loss (Eq. 3-7) and its options (``method.invaspread.*``)."""
+
+    # runs saved when these settings were a top-level ``loss`` section: read under the new name (config.set_key)
+    moved_from: ClassVar[str] = "loss"
 
     temperature: float = 0.1  # tau of Eq. 3-4 (paper: 0.1)
     variant: str = "reference"  # "reference" (released code) | "paper" (Eq. 3-7 literally)

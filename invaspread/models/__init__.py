@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .embedding import EmbeddingNet, make_head
+from .embedding import HEADS, EmbeddingNet, make_head
 from .resnet_cifar import CifarResNet
 from .torchvision_nets import PretrainedWeightsUnavailable, inception_v1_backbone, resnet_backbone
 
@@ -31,4 +31,4 @@ def build_model(cfg) -> EmbeddingNet:
     return EmbeddingNet(backbone, feature_dim, cfg.embedding_dim, cfg.head, cfg.head_hidden, cfg.head_last_bias)
 
 
-__all__ = ["BACKBONES", "CifarResNet", "EmbeddingNet", "make_head", "PretrainedWeightsUnavailable", "build_model"]
+__all__ = ["BACKBONES", "HEADS", "CifarResNet", "EmbeddingNet", "make_head", "PretrainedWeightsUnavailable", "build_model"]

@@ -7,18 +7,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _linear(feature_dim: int, hidden: int, last: nn.Linear) -> nn.Module:
+    return last
+
+
+def _mlp(feature_dim: int, hidden: int, last: nn.Linear) -> nn.Module:
+    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), last)
+
+
+def _mlp_bn(feature_dim: int, hidden: int, last: nn.Linear) -> nn.Module:
+    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), last)
+
+
+# model.head -> function(feature_dim, hidden, last Linear) -> head; the config's choices of model.head
+HEADS = {"linear": _linear, "mlp": _mlp, "mlp_bn": _mlp_bn}
+
+
 def make_head(kind: str, feature_dim: int, embedding_dim: int, hidden: int = 2048, last_bias: bool = True) -> nn.Module:
     """``model.head``: "linear" (the paper's fc layer), "mlp" (Linear-ReLU-Linear: the projector of SimCLR and
     MoCo v2), "mlp_bn" (Linear-BatchNorm-ReLU-Linear: BYOL's projector). ``last_bias=False``: the last Linear has
     no bias (BYOL's and SimCLR's authors' MLPs)."""
+    if kind not in HEADS:
+        raise ValueError(f"model.head={kind!r}: expected one of {', '.join(HEADS)}")
     last = nn.Linear(feature_dim if kind == "linear" else hidden, embedding_dim, bias=last_bias)
-    if kind == "linear":
-        return last
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), last)
-    if kind == "mlp_bn":
-        return nn.Sequential(nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), last)
-    raise ValueError(f"model.head={kind!r}: expected linear, mlp or mlp_bn")
+    return HEADS[kind](feature_dim, hidden, last)
 
 
 class EmbeddingNet(nn.Module):

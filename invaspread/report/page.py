@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..config import InvaspreadError
+from ..errors import InvaspreadError
 from ..outputs import check_out, new_folder, publish_folder
 from . import figures
 
@@ -141,11 +141,34 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _figure4(name: str, out: Path, test, query_rows, grids: dict, cfg, bundle, overrides, device, k: int) -> list:
+    """One retrieval grid (PNG) and its caption per network of ``grids`` (epoch -> network or checkpoint)."""
+    from PIL import Image
+
+    from ..engine.checkpoint import load_run
+    from ..engine.features import evaluation_network, source_features
+
+    parts = []
+    labels = np.asarray(test.labels)
+    for epoch, net_or_path in grids.items():
+        net = net_or_path if isinstance(net_or_path, torch.nn.Module) else load_run(net_or_path, overrides)[2]
+        feats = source_features(evaluation_network(net, cfg), test, cfg.data, cfg.augment, bundle.mean, bundle.std,
+                                cfg.eval.batch_size, device)
+        everyone = figures.retrieval_neighbours(feats, range(len(test)), k)   # the grid's rows are among them
+        grid, correct = figures.retrieval_grid(test, query_rows, everyone[query_rows])
+        Image.fromarray(grid).save(out / f"{name}-figure4-epoch{epoch}.png")
+        precision = 100 * float((labels[everyone] == labels[:, None]).mean())
+        parts.append(f"<p>epoch {epoch}: {int(correct.sum())} of the {correct.size} images shown are correct; "
+                     f"precision@{k} over all {len(test)} test queries: {precision:.1f} %</p>"
+                     f'<img src="{name}-figure4-epoch{epoch}.png" alt="Figure 4 of {html.escape(name)}, epoch {epoch}">')
+    return parts
+
+
 def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries: int, k: int, seed: int) -> str:
     from ..data.datasets import build_data
     from ..data.transforms import train_transform
     from ..engine.checkpoint import load_run
-    from ..engine.features import evaluation_network, source_features
+    from ..engine.features import evaluation_network
     from ..models import build_model
 
     kept = kept_checkpoints(run)
@@ -188,20 +211,7 @@ def _run_section(run: Path, name: str, out: Path, data_dir, images: int, queries
     grids = {0: networks.get("untrained")} if "untrained" in networks else {}
     grids.update(kept)
     grids[int(state["epoch"])] = model   # the newest network is loaded already
-    from PIL import Image
-
-    labels = np.asarray(test.labels)
-    for epoch, net_or_path in grids.items():
-        net = net_or_path if isinstance(net_or_path, torch.nn.Module) else load_run(net_or_path, overrides)[2]
-        feats = source_features(evaluation_network(net, cfg), test, cfg.data, cfg.augment, bundle.mean, bundle.std,
-                                cfg.eval.batch_size, device)
-        everyone = figures.retrieval_neighbours(feats, range(len(test)), k)   # the grid's rows are among them
-        grid, correct = figures.retrieval_grid(test, query_rows, everyone[query_rows])
-        Image.fromarray(grid).save(out / f"{name}-figure4-epoch{epoch}.png")
-        precision = 100 * float((labels[everyone] == labels[:, None]).mean())
-        parts.append(f"<p>epoch {epoch}: {int(correct.sum())} of the {correct.size} images shown are correct; "
-                     f"precision@{k} over all {len(test)} test queries: {precision:.1f} %</p>"
-                     f'<img src="{name}-figure4-epoch{epoch}.png" alt="Figure 4 of {html.escape(name)}, epoch {epoch}">')
+    parts += _figure4(name, out, test, query_rows, grids, cfg, bundle, overrides, device, k)
     return "\n".join(parts)
 
 

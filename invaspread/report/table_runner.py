@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..atomic import atomic_file
-from ..config import (SAME_RESULT_KEYS, Config, ConfigError, InvaspreadError, completed, load_config,
-                      parse_override, resolve_config_path)
+from ..config import SAME_RESULT_KEYS, Config, completed, load_config, parse_override, resolve_config_path
 from ..engine.trainer import DivergedError
+from ..errors import ConfigError, InvaspreadError
 from ..locks import Lock, LockBusy
 from ..outputs import check_out
 from .paper_tables import EXTENDED, TABLES, PaperTable, Row

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import InvaspreadError
+from ..errors import InvaspreadError
 from ..engine.checkpoint import load_run
 from ..engine.features import evaluation_network
 from ..locks import held

@@ -1,6 +1,6 @@
-"""The method contract v2: the successors' losses against float64 loops of their papers' formulas, their state
+"""The method contract: the successors' losses against float64 loops of their papers' formulas, their state
 updates (queue, EMA targets, momentum schedule), the step counter given to ``after_step``, evaluation features,
-a run saved before v2 resuming bit-exactly, and a method installed through an entry point from the README."""
+a run saved with the old ``loss:`` section resuming bit-exactly, and a method installed through an entry point from the README."""
 
 import copy
 import json
@@ -25,7 +25,7 @@ from invaspread.methods import METHODS, build_method, ema_update, registry
 from invaspread.methods.byol import target_momentum
 from invaspread.models import build_model
 
-FIXTURE = REPO / "tests" / "fixtures" / "pre_v2_run"
+FIXTURE = REPO / "tests" / "fixtures" / "run_with_loss_section"
 
 
 def unit(n, d, seed):
@@ -106,6 +106,8 @@ def test_target_momentum_is_byols_cosine_schedule_and_ema_is_the_convex_combinat
     ema_update(target, online, 0.9)
     for t, b, o in zip(target.parameters(), before, online.parameters()):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * o.detach())
+        # the fused update is bit for bit the per-tensor one (resumed runs of older versions stay exact)
+        assert torch.equal(t, b.clone().mul_(0.9).add_(o.detach(), alpha=1 - 0.9))
 
 
 def test_moco_queue_takes_the_steps_keys_in_order_and_the_key_encoder_follows():
@@ -210,8 +212,8 @@ def test_neighbour_positives_are_an_epoch_plan_of_every_instance_once():
     assert any(any(t is plan for t in [s]) for s in method.epoch_state()), "the plan is shared by every rank"
 
 
-def test_a_run_saved_before_contract_v2_resumes_as_it_trained_and_evaluates(tmp_path, monkeypatch):
-    """``tests/fixtures/pre_v2_run``: written by the code before v2 (``loss:`` section, no model.head, no
+def test_a_run_saved_with_a_loss_section_resumes_as_it_trained_and_evaluates(tmp_path, monkeypatch):
+    """``tests/fixtures/run_with_loss_section``: written when the InvaSpread settings were a top-level section (``loss:`` section, no model.head, no
     eval.features, no train.cpu_* keys), 1 epoch. Exact floats differ between machines, so nothing here is a
     constant from the machine that wrote it: on the machine running the test, an uninterrupted 2-epoch run of its
     (migrated) config equals one resumed after epoch 1 bit for bit, the old run itself resumes to the same
@@ -219,7 +221,7 @@ def test_a_run_saved_before_contract_v2_resumes_as_it_trained_and_evaluates(tmp_
     run = tmp_path / "run"
     shutil.copytree(FIXTURE, run)
     raw = torch.load(run / "last.pt", map_location="cpu", weights_only=False)["config"]
-    assert "loss" in raw and "head" not in raw["model"] and "features" not in raw["eval"], "written before v2"
+    assert "loss" in raw and "head" not in raw["model"] and "features" not in raw["eval"], "written with the old layout"
     assert "cpu_fast_path" not in raw["train"], "written before the CPU fast path"
     state = load_checkpoint(run)
     assert state["config"]["method"]["invaspread"]["temperature"] == 0.1 and "loss" not in state["config"]
@@ -249,7 +251,7 @@ def test_a_method_from_the_readme_installed_as_an_entry_point_trains(tmp_path, m
     site.mkdir()
     install_readme_plugin(site)
     monkeypatch.syspath_prepend(str(site))
-    methods._plugins.cache_clear()
+    methods.plugins.forget()
     try:
         assert "align_uniform" in registry()
         with pytest.raises(ConfigError, match="method.align_uniform.weight=-1.0: expected a positive number"):
@@ -260,7 +262,7 @@ def test_a_method_from_the_readme_installed_as_an_entry_point_trains(tmp_path, m
         saved = load_checkpoint(tmp_path / "run")["config"]["method"]
         assert saved["name"] == "align_uniform" and saved["align_uniform"]["weight"] == 0.5
     finally:
-        methods._plugins.cache_clear()
+        methods.plugins.forget()
     # the command line, in a fresh process that finds it only through importlib.metadata
     env = {**__import__("os").environ, "PYTHONPATH": f"{site}:{REPO}"}
     shown = subprocess.run([sys.executable, "-m", "invaspread", "config", "digits", "--set",
@@ -287,13 +289,16 @@ def test_a_broken_entry_point_is_one_line_naming_it(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[invaspread.methods]\nbroken = no_such_module:Thing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    methods._plugins.cache_clear()
+    methods.plugins.forget()
     try:
+        assert "broken" not in registry() and "invaspread" in registry()   # listing: the others stay usable
+        assert re.search(r"entry point broken = no_such_module:Thing .* could not be loaded: ModuleNotFoundError",
+                         methods.broken_plugins()["broken"])
         with pytest.raises(InvaspreadError, match=r"entry point broken = no_such_module:Thing .* could not be loaded: "
                                                   r"ModuleNotFoundError"):
-            registry()
+            load_config(None, ["method.name=broken"])
     finally:
-        methods._plugins.cache_clear()
+        methods.plugins.forget()
 
 
 def test_table_1x_is_table_1_and_the_successors_each_with_its_config(capsys):

@@ -1,5 +1,5 @@
-"""The cases of issue 11 (kills at any moment, bit-identical resume, security, lost data, the cache, silently
-wrong results, resume, settings, one-line errors): they held before issue 18 and must keep holding."""
+"""Kills at any moment, bit-identical resume, security, lost data, the cache, silently wrong results, resume,
+settings and one-line errors: the harness's first cases."""
 
 from __future__ import annotations
 
