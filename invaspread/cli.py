@@ -114,7 +114,7 @@ def cmd_embed(args) -> int:
     import numpy as np
 
     from .data.sources import scan_image_folder
-    from .data.transforms import run_eval_transform
+    from .data.eval_transform import run_eval_transform
     from .engine.checkpoint import load_run
     from .engine.features import evaluation_network, extract_features
     from .outputs import check_new_path, check_out, new_file

@@ -10,7 +10,8 @@ from invaspread.data.bundle import PlannedViewsDataset, ViewsDataset
 from invaspread.data.datasets import build_data
 from invaspread.data.sources import (ArrayImages, DataError, first_per_class, read_imagefolder_archive,
                                      scan_image_folder)
-from invaspread.data.transforms import eval_transform, train_transform
+from invaspread.data.eval_transform import eval_transform
+from invaspread.data.transforms import train_transform
 
 
 def mean_label(image) -> int:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from invaspread.cli import main
 from invaspread.config import ConfigError, load_config, resolve_config_path
-from invaspread.data.transforms import eval_transform, train_transform
+from invaspread.data.eval_transform import eval_transform
+from invaspread.data.transforms import train_transform
 from invaspread.engine.trainer import build_optimizer, learning_rate
 
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from invaspread.cli import main
-from invaspread.data.transforms import eval_transform, normalisation
+from invaspread.data.eval_transform import eval_transform
+from invaspread.data.transforms import normalisation
 from invaspread.engine.checkpoint import load_run
 from invaspread.search import SearchIndex, build_index, exact_search
 

@@ -1,4 +1,4 @@
-"""Per-view augmentation (CPU, PIL, torchvision) and the evaluation transform.
+"""Per-view augmentation (CPU, PIL, torchvision); the evaluation transform is ``data.eval_transform``.
 
 "released" recipe, from the authors' code (paper Section 4.1, "default parameters"):
 RandomResizedCrop(size, scale=(0.2, 1)) -> ColorJitter(0.4, 0.4, 0.4, 0.4) -> RandomGrayscale(0.2)
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import List, Optional, Tuple
-
-from torchvision import transforms as T
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # released code's values
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -108,6 +106,8 @@ def blur_kernel_size(image_size: int) -> int:
 def view_transform(view: ViewRecipe, image_size: int, mean, std):
     """One view's PIL -> tensor transform, torchvision's operations in the order its authors list them (the flip
     commutes with every other operation, so its place changes only which random numbers go where)."""
+    from torchvision import transforms as T   # here, not at import: torchvision takes seconds to import
+
     ops = [T.RandomResizedCrop(image_size, scale=view.crop_scale) if view.crop_scale
            else T.Resize((image_size, image_size))]
     flip = [T.RandomHorizontalFlip()] if view.flip else []
@@ -130,6 +130,8 @@ def view_transform(view: ViewRecipe, image_size: int, mean, std):
 
 def train_transforms(aug, image_size: int, mean, std, resize=None) -> List:
     """The training transform of each view (one entry when all views are drawn alike; view v uses v % len)."""
+    from torchvision import transforms as T
+
     if aug.recipe in CROP_JITTER_RECIPES:
         return [view_transform(view, image_size, mean, std) for view in view_recipes(aug)]
     ops = []
@@ -148,22 +150,3 @@ def train_transforms(aug, image_size: int, mean, std, resize=None) -> List:
 def train_transform(aug, image_size: int, mean, std, resize=None):
     """The first view's training transform (every view's, but for BYOL's asymmetric recipe)."""
     return train_transforms(aug, image_size, mean, std, resize)[0]
-
-
-def eval_transform(aug, image_size: int, mean, std, resize=None):
-    """Deterministic: (resize + centre crop for the fine-grained recipes), ToTensor, Normalize."""
-    ops = []
-    if aug.recipe == "finegrained":
-        if resize:
-            ops.append(T.Resize((resize, resize)))
-        ops.append(T.CenterCrop(image_size))
-    elif aug.recipe == "resized_crop":
-        ops += [T.Resize(resize or image_size), T.CenterCrop(image_size)]   # the shorter side to resize
-    else:
-        ops.append(T.Resize((image_size, image_size)))
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
-
-
-def run_eval_transform(cfg):
-    """``eval_transform`` of a whole config: its recipe, image size, normalisation and pre-resize."""
-    return eval_transform(cfg.augment, cfg.data.image_size, *normalisation(cfg.data), cfg.data.resize)

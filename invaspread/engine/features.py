@@ -105,7 +105,8 @@ def source_features(model, source, data_cfg, augment_cfg, mean, std, batch_size=
                     pooled=False, progress=False, channels_last=False, autocast_dtype=None) -> torch.Tensor:
     """Embed a source with the configured evaluation transform, taking the batched uint8 path when the
     transform is only ToTensor + Normalize (in-memory images already at ``image_size``)."""
-    from ..data.transforms import CROP_JITTER_RECIPES, eval_transform
+    from ..data.eval_transform import eval_transform
+    from ..data.transforms import CROP_JITTER_RECIPES
 
     size = data_cfg.image_size
     images = getattr(source, "images", None)

@@ -125,7 +125,7 @@ def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_siz
     """Write every file of an index into the (empty) folder ``building``; returns its meta."""
     from tqdm.auto import tqdm
 
-    from ..data.transforms import run_eval_transform
+    from ..data.eval_transform import run_eval_transform
     from ..engine.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 
     loader = DataLoader(_Readable(paths, run_eval_transform(cfg)), batch_size=batch_size,
@@ -223,7 +223,7 @@ class SearchIndex:
 
     def embed(self, files: Sequence[str], device: Optional[str] = None) -> np.ndarray:
         """(Q, d) L2-normalised embeddings of query images, with the network and transform of the index."""
-        from ..data.transforms import run_eval_transform
+        from ..data.eval_transform import run_eval_transform
 
         cfg, _, model, dev = load_run(self.folder / "model.pt", [f"train.device={device}"] if device else [])
         features, transform = evaluation_network(model, cfg), run_eval_transform(cfg)
