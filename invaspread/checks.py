@@ -9,14 +9,14 @@ import math
 import types
 import typing
 
-from .errors import ConfigError
+from .errors import ConfigError, shown
 
 MIN_TEMPERATURE = 1e-6
 
 
 def require(ok: bool, key: str, value, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r}: expected {expected}")
+        raise ConfigError(f"{key}={shown(value)}: expected {expected}")
 
 
 def require_positive(prefix: str, settings, *names: str) -> None:
@@ -41,18 +41,19 @@ def require_method(name: str, methods) -> None:
     """``method.name`` names one of ``methods`` (the registry's names), else one line with the closest name."""
     if name not in methods:
         hint = difflib.get_close_matches(str(name), list(methods), n=1)
-        raise ConfigError(f"method.name={name!r}: expected one of {', '.join(methods)}"
+        raise ConfigError(f"method.name={shown(name)}: expected one of {', '.join(methods)}"
                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
 
 
 SCALARS = (bool, int, float, str)
+UNIONS = (typing.Union, getattr(types, "UnionType", typing.Union))   # Optional[X], and X | None (Python 3.10+)
 
 
 def readable_type(tp) -> bool:
     """Whether the config reader (``config.set_key``) reads values of type ``tp``: bool, int, float, str,
     ``Optional[X]`` / ``X | None`` and ``List[X]`` / ``list[X]`` of those."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
+    if origin in UNIONS:
         inner = [a for a in args if a is not type(None)]
         return len(inner) == 1 and len(args) == 2 and readable_type(inner[0])
     if origin is list:

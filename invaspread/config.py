@@ -10,7 +10,6 @@ import dataclasses
 import difflib
 import math
 import re
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 # the checks a method's Config.check composes (invaspread.checks) are public here too: plugins written when they
 # lived here import them from invaspread.config
 from .config_files import PACKAGED_CONFIGS, bundled_configs, resolve_config_path  # noqa: F401
+from .checks import UNIONS
 from .checks import MIN_TEMPERATURE, require, require_choice, require_positive, require_temperature  # noqa: F401
 from .config_methods import (check_installed, include_method, new_method_config, own_method_dict, own_section,
                              validate_method)
@@ -29,7 +29,7 @@ from .data.datasets import DATASETS
 from .data.transforms import AUGMENT_RECIPES, SUCCESSOR_RECIPES
 from .engine.evaluation import PROTOCOLS
 from .engine.schedule import SCHEDULES
-from .errors import ConfigError, InvaspreadError  # noqa: F401  (re-exported: user code imports them from here)
+from .errors import ConfigError, InvaspreadError, shown  # noqa: F401  (re-exported: user code imports them from here)
 from .evaluate.retrieval import NMI_AVERAGES
 from .methods.base import EVAL_FEATURES
 from .models import BACKBONES, HEADS
@@ -161,14 +161,14 @@ def _describe(tp) -> str:
 
 def _coerce(value: Any, tp, key: str):
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):  # Optional[X], X | None (``checks.readable_type``)
+    if origin in UNIONS:  # Optional[X], X | None (``checks.readable_type``)
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, key)
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r}: expected a list of {_describe(args[0])}")
+            raise ConfigError(f"{key}={shown(value)}: expected a list of {_describe(args[0])}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
@@ -187,7 +187,7 @@ def _coerce(value: Any, tp, key: str):
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"{key}={value!r}: expected {_describe(tp)}")
+    raise ConfigError(f"{key}={shown(value)}: expected {_describe(tp)}")
 
 
 def _method_settings_classes() -> dict:
@@ -221,9 +221,9 @@ def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
         if part not in types:
             hint = difflib.get_close_matches(part, types, n=1)
             if depth == 0:
-                raise ConfigError(f"unknown config key {dotted!r}{where}: keys look like section.key with section "
+                raise ConfigError(f"unknown config key {shown(dotted)}{where}: keys look like section.key with section "
                                   f"one of {sorted(types)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-            raise ConfigError(f"unknown config key {dotted!r}{where}"
+            raise ConfigError(f"unknown config key {shown(dotted)}{where}"
                               + (f"; did you mean '{prefix}.{hint[0]}'?" if hint else
                                  f"; known keys of '{prefix}': {', '.join(types)}"))
         child = getattr(node, part)
@@ -233,7 +233,7 @@ def set_key(cfg: Config, dotted: str, value: Any, source: str = "") -> None:
             return
         if last or not dataclasses.is_dataclass(child):
             kind = "a section" if last else "a key, not a section"
-            raise ConfigError(f"config key {dotted!r}{where}: '{'.'.join(parts[:depth + 1])}' is {kind}; "
+            raise ConfigError(f"config key {shown(dotted)}{where}: '{'.'.join(parts[:depth + 1])}' is {kind}; "
                               f"keys look like section.key" + (f" (keys of it: {', '.join(typing.get_type_hints(type(child)))})"
                                                               if last else ""))
         node = child
@@ -252,7 +252,24 @@ def validate(cfg: Config) -> Config:
     _check_augment(cfg.augment)
     _check_data(cfg)
     _check_eval(cfg.eval)
+    _check_model(cfg.model)
     return cfg
+
+
+CIFAR_ONLY = ("width", "pool_window")   # the keys only model.arch=resnet18_cifar reads
+
+
+def _check_model(model: ModelConfig) -> None:
+    """A key the chosen architecture does not read is an error, not a silently different network (the
+    torchvision and Inception networks have their authors' widths and global pooling)."""
+    if model.arch == "resnet18_cifar":
+        return
+    defaults = ModelConfig()
+    for key in CIFAR_ONLY:
+        if getattr(model, key) != getattr(defaults, key):
+            raise ConfigError(f"model.{key}={getattr(model, key)}: applies to model.arch=resnet18_cifar only "
+                              f"(model.arch={model.arch} has its authors' fixed widths and global pooling); drop "
+                              f"it, or set model.{key}={getattr(defaults, key) if getattr(defaults, key) is not None else 'null'}")
 
 
 def _check_choices(cfg: Config) -> None:
@@ -260,7 +277,7 @@ def _check_choices(cfg: Config) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(allowed)}")
+            raise ConfigError(f"{key}={shown(value)}: expected one of {', '.join(allowed)}")
 
 
 def _check_numbers(cfg: Config) -> None:
@@ -269,13 +286,13 @@ def _check_numbers(cfg: Config) -> None:
                 "model.bn_groups": cfg.model.bn_groups, "model.head_hidden": cfg.model.head_hidden}
     for key, value in positive.items():
         if not (value > 0 and math.isfinite(value)):
-            raise ConfigError(f"{key}={value!r}: expected a positive number")
+            raise ConfigError(f"{key}={shown(value)}: expected a positive number")
     non_negative = {"optim.lr": cfg.optim.lr, "optim.momentum": cfg.optim.momentum,
                     "optim.weight_decay": cfg.optim.weight_decay, "optim.warmup_epochs": cfg.optim.warmup_epochs,
                     "data.num_workers": cfg.data.num_workers}
     for key, value in non_negative.items():
         if not (value >= 0 and math.isfinite(value)):
-            raise ConfigError(f"{key}={value!r}: expected a finite number >= 0")
+            raise ConfigError(f"{key}={shown(value)}: expected a finite number >= 0")
 
 
 def _check_train(train: TrainConfig) -> None:
@@ -290,7 +307,7 @@ def _check_train(train: TrainConfig) -> None:
     if train.eval_every < 0:
         raise ConfigError(f"train.eval_every={train.eval_every}: expected 0 (only at the end) or a number of epochs")
     if not DEVICE_NAME.match(train.device):
-        raise ConfigError(f"train.device={train.device!r}: expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"train.device={shown(train.device)}: expected auto, cpu, cuda or cuda:N")
     if not 0 <= train.seed < 2 ** 63:
         raise ConfigError(f"train.seed={train.seed}: expected an integer from 0 to 9223372036854775807")
 
@@ -358,7 +375,7 @@ def _flatten(values: dict, prefix: str, source: str):
     """``{"nce": {"noise": 8}}`` under ``method`` -> [("method.nce.noise", 8)]."""
     where = f" in {source}" if source else ""
     if not isinstance(values, dict):
-        raise ConfigError(f"config section {prefix!r}{where} must be a mapping of keys to values")
+        raise ConfigError(f"config section {shown(prefix)}{where} must be a mapping of keys to values")
     for key, value in values.items():
         if isinstance(value, dict):
             yield from _flatten(value, f"{prefix}.{key}", source)
@@ -449,7 +466,7 @@ def _own_method_only(data: dict) -> dict:
 def parse_override(text: str):
     """``"train.epochs=3"`` -> ("train.epochs", 3); the value is read as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected section.key=value, e.g. train.epochs=3")
+        raise ConfigError(f"override {shown(text)}: expected section.key=value, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -466,7 +483,7 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -492,4 +509,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
 
 def save_config(cfg: Config, path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``config.yaml`` through a temporary file and a rename: a kill at any byte leaves the old file or the
+    new one, never a torn one that a resume would take for a hand edit."""
+    from .atomic import atomic_file
+
+    with atomic_file(path, "w", shared=True) as fh:
+        fh.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

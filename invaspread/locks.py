@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import InvaspreadError
+from .errors import InvaspreadError, shown
 
 try:
     import fcntl
@@ -30,10 +31,20 @@ class LockBusy(InvaspreadError):
     """Another process holds the lock (its holder line is in the message)."""
 
 
+# what a lock file of ours holds: nothing yet, or one holder line (``Lock.acquire`` writes it)
+HOLDER_LINE = re.compile(r"^(pid \d+ on \S* since [0-9: -]+)?\s*$")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
 def _open_regular(path: Path) -> int:
-    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    """A descriptor of the lock file, created here when absent; an existing file is opened without a byte of it
+    changed, and refused unless it is a lock file (empty, or one holder line): a user's file of that name is never
+    truncated, rewritten or deleted."""
     try:
-        fd = os.open(path, flags, 0o644)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)   # ours: we made it
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | _NOFOLLOW)
     except OSError as err:
         if err.errno not in (errno.ELOOP, errno.EISDIR):
             raise   # a read-only or full folder: the caller decides
@@ -43,7 +54,34 @@ def _open_regular(path: Path) -> int:
         os.close(fd)
         raise InvaspreadError(f"{path} is not a regular file (a FIFO, device or socket planted at the lock's name); "
                               f"remove it and run again")
+    text = os.read(fd, 301)
+    if len(text) > 300 or not HOLDER_LINE.match(text.decode("utf-8", "replace")):
+        os.close(fd)
+        raise InvaspreadError(f"{path} exists and is not a lock file of invaspread (it holds {shown(text[:40])}); it "
+                              f"was left as it is: move it away, or choose another name")
     return fd
+
+
+def is_held(path) -> bool:
+    """Whether a process holds the lock file at ``path`` now. Read-only: nothing is created, written or removed
+    (a file that cannot be probed counts as held, so that the caller leaves it alone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or fcntl is None:
+            return fcntl is not None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def holder(fd: int) -> str:

@@ -255,3 +255,27 @@ def test_messages_count_and_point_at_what_exists(capsys):
     headings = set(re.findall(r"^#+ (.+)$", readme, re.M))
     pointers = [m for _, _, meaning in describe(load_config()) for m in re.findall(r'README "([^"]+)"', meaning)]
     assert pointers and all(p in headings for p in pointers), pointers
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcdefgh", "bcdefghi")) + \
+    "train:\n  epochs: *i\n"
+
+
+@pytest.mark.parametrize("case", ["alias bomb", "10 MB value", "10 MB key"])
+def test_an_error_message_is_bounded_whatever_the_value(case, tmp_path, capsys):
+    """A YAML of nested aliases (9^9 leaves, a few hundred bytes) and 10 MB values: the error is one short line."""
+    import time
+
+    if case == "alias bomb":
+        path = tmp_path / "bomb.yaml"
+        path.write_text(BOMB)
+        args = ["config", str(path)]
+    else:
+        big = "x" * 10_000_000
+        args = ["config", "--set", f"data.name={big}" if case == "10 MB value" else f"data.{big}=1"]
+    start = time.perf_counter()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 1000 and err.count("\n") == 1, err[:2000]
+    assert time.perf_counter() - start < 30

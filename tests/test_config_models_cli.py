@@ -171,7 +171,8 @@ def test_embed_command_writes_the_models_embeddings(tmp_path, capsys):
     import numpy as np
 
     from conftest import write_image_folder
-    from invaspread.data.transforms import eval_transform, normalisation
+    from invaspread.data.eval_transform import eval_transform
+    from invaspread.data.transforms import normalisation
     from invaspread.engine.checkpoint import load_checkpoint
     from invaspread.engine.trainer import fit
 
@@ -229,3 +230,13 @@ def test_config_command_prints_every_key_with_a_meaning_as_valid_yaml(name, caps
     keys = [key for key, _, meaning in describe(expected)]
     assert all(meaning for _, _, meaning in describe(expected)), "every key has a one-line meaning"
     assert len([ln for ln in text.splitlines() if "  # " in ln]) == len(keys)
+
+
+@pytest.mark.parametrize("sets, key", [(["model.arch=resnet18", "model.width=8"], "width"),
+                                       (["model.arch=inception_v1", "model.pool_window=7"], "pool_window"),
+                                       (["model.arch=resnet50", "model.width=16"], "width")])
+def test_a_model_key_the_architecture_does_not_read_is_an_error_naming_what_it_applies_to(sets, key):
+    with pytest.raises(ConfigError, match=rf"model.{key}=\S+: applies to model.arch=resnet18_cifar only"):
+        load_config(None, sets)
+    # the README's own-images recipe (cifar10 config, width at its default) stays valid
+    assert load_config("configs/cifar10.yaml", ["model.arch=resnet18"]).model.arch == "resnet18"

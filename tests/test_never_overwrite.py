@@ -254,3 +254,54 @@ def test_two_table_commands_into_one_folder_the_second_is_refused(tmp_path):
         with pytest.raises(InvaspreadError, match=f"table folder {out} is in use by pid {os.getpid()}"):
             run_table(8, str(tmp_path / "cifar.tar.gz"), out, epochs=1)
     assert os.listdir(out) == [TABLE_LOCK]
+
+
+USERS = b"my own notes, not a lock\n"
+
+
+def test_a_users_file_at_a_run_folders_lock_name_is_refused_untouched(tmp_path, capsys):
+    """``train --out DIR`` where DIR holds the user's own ``.invaspread.lock``: refused by name, the file byte for
+    byte as it was (the lock probe never truncates, rewrites or deletes a file it did not create)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".invaspread.lock").write_bytes(USERS)
+    for extra in ([], ["--use-existing-folder"]):
+        assert main(["train", "--out", str(out), "--epochs", "1", "--set", "model.width=8", *extra]) == 2
+        err = capsys.readouterr().err
+        assert ".invaspread.lock" in err and len(err.strip().splitlines()) == 1, err
+        assert (out / ".invaspread.lock").read_bytes() == USERS
+    assert sorted(p.name for p in out.iterdir()) == [".invaspread.lock"]
+
+
+def test_a_users_file_beside_an_index_at_its_lock_name_is_refused_untouched(tiny_run, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    noise_image(0).save(images / "a.png")
+    (tmp_path / ".photos.index.lock").write_bytes(USERS)
+    assert main(["index", str(tiny_run), "--images", str(images), "--out", str(tmp_path / "photos.index")]) == 2
+    assert ".photos.index.lock" in capsys.readouterr().err
+    assert (tmp_path / ".photos.index.lock").read_bytes() == USERS and not (tmp_path / "photos.index").exists()
+
+
+def test_cache_clear_never_rewrites_a_users_file_named_like_an_entry_lock(tmp_path, capsys):
+    """The "is it held?" probe of ``cache clear`` is read-only: a user's file named like an entry's lock keeps its
+    bytes and stays (it is not a lock), while the dead writer's temporary file beside it goes."""
+    stem = "cifar10-jpeg-0123456789abcdef"
+    (tmp_path / f"{stem}.lock").write_bytes(USERS)
+    (tmp_path / f".{stem}.npz.abc123.tmp").write_bytes(b"half an entry")
+    (tmp_path / "cifar10-jpeg-fedcba9876543210.lock").write_bytes(b"")   # an unheld lock of ours: removed
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{stem}.lock"]
+    assert (tmp_path / f"{stem}.lock").read_bytes() == USERS
+
+
+def test_a_lock_of_ours_is_probed_without_a_write_and_taken_when_free(tmp_path):
+    from invaspread.locks import is_held
+
+    path = tmp_path / "x.lock"
+    assert not is_held(path) and not path.exists()   # probing creates nothing
+    with Lock(path, "x").acquire():
+        before = path.read_bytes()
+        assert is_held(path) and path.read_bytes() == before
+    assert not is_held(path)
+    Lock(path, "x").acquire().release()   # a lock file of ours (a holder line) is taken again

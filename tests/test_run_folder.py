@@ -214,3 +214,23 @@ def test_a_resume_with_overrides_interrupted_before_its_first_epoch_can_resume_a
     monkeypatch.undo()
     fit(None, run, resume=True, log=lambda s: None)             # config.yaml and last.pt agree: no "edited"
     assert epochs_logged(run) == [0, 1, 2]
+
+
+def test_a_config_write_cut_before_it_completes_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    """config.yaml goes through the atomic writer: cut at the last moment (the rename), the old file is untouched
+    and no temporary file stays (a plain write would have replaced the old one already)."""
+    from invaspread import atomic
+    from invaspread.config import save_config
+
+    path = tmp_path / "config.yaml"
+    save_config(load_config(None, ["train.epochs=3"]), path)
+    before = path.read_bytes()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_config(load_config(None, ["train.epochs=7"]), path)
+    assert path.read_bytes() == before and yaml.safe_load(before)["train"]["epochs"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

@@ -29,8 +29,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from ..atomic import atomic_file
-from ..errors import InvaspreadError
-from ..locks import Lock
+from ..locks import HOLDER_LINE, Lock, is_held
 
 
 
@@ -108,7 +107,6 @@ def entry_lock(path: Path, log: Callable[[str], None] = _note) -> Iterator[None]
 ENTRY_NAME = re.compile(r"^(?P<stem>[^/]+-[0-9a-f]{16})\.npz$")
 LOCK_NAME = re.compile(r"^(?P<stem>[^/]+-[0-9a-f]{16})\.lock$")
 TEMP_NAME = re.compile(r"^\.(?P<stem>[^/]+-[0-9a-f]{16})\.npz\.[A-Za-z0-9_]+\.tmp$")
-HOLDER_LINE = re.compile(r"^(pid \d+ on \S* since [0-9: -]+)?\s*$")
 
 
 def is_entry(path: Path) -> bool:
@@ -134,23 +132,13 @@ def _is_lock(path: Path) -> bool:
             return False
     except (OSError, UnicodeDecodeError):
         return False
-    return not _lock_held(path)   # held by a running decode: left alone
+    return not is_held(path)   # held by a running decode: left alone
 
 
 def _is_leftover(path: Path) -> bool:
     """A temporary file of an entry write that died (no process holds the entry's lock)."""
     m = TEMP_NAME.match(path.name)
-    return bool(m) and path.is_file() and not path.is_symlink() and not _lock_held(path.parent / f"{m['stem']}.lock")
-
-
-def _lock_held(lock: Path) -> bool:
-    if not lock.is_file():
-        return False
-    try:
-        Lock(lock).acquire().release()
-    except (InvaspreadError, OSError):
-        return True
-    return False
+    return bool(m) and path.is_file() and not path.is_symlink() and not is_held(path.parent / f"{m['stem']}.lock")
 
 
 def list_entries(cache_dir: Optional[str] = None):
