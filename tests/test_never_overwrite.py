@@ -305,3 +305,29 @@ def test_a_lock_of_ours_is_probed_without_a_write_and_taken_when_free(tmp_path):
         assert is_held(path) and path.read_bytes() == before
     assert not is_held(path)
     Lock(path, "x").acquire().release()   # a lock file of ours (a holder line) is taken again
+
+
+@pytest.mark.parametrize("planted", [{"table8.md": "my notes\n"}, {"table8.csv": "a,b\n", "notes.txt": "x"},
+                                     {"table8.json": '["not", "row records"]'}, {"table8.json": '{"row": "done"}'}])
+def test_table_out_that_is_not_a_table_folder_is_refused_untouched(planted, tmp_path):
+    from invaspread.report.table_runner import run_table
+
+    out = tmp_path / "t8"
+    out.mkdir()
+    for name, text in planted.items():
+        (out / name).write_text(text)
+    with pytest.raises(InvaspreadError, match=f"table --out {out} is not a table folder of invaspread, nor empty"):
+        run_table(8, str(tmp_path / "cifar.tar.gz"), out, epochs=1, log=lambda s: None)
+    assert {p.name: p.read_text() for p in out.iterdir()} == planted
+
+
+def test_a_table_folder_of_ours_whose_records_were_replaced_is_refused_by_name(tmp_path):
+    from invaspread.report.table_runner import TABLE_MARKER, run_table
+
+    out = tmp_path / "t8"
+    out.mkdir()
+    (out / TABLE_MARKER).write_text("{}")
+    (out / "table8.json").write_text('{"released": "a string, not a record"}')
+    with pytest.raises(InvaspreadError, match="table8.json does not hold this command's row records"):
+        run_table(8, str(tmp_path / "cifar.tar.gz"), out, epochs=1, log=lambda s: None)
+    assert (out / "table8.json").read_text() == '{"released": "a string, not a record"}'

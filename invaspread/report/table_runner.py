@@ -125,6 +125,7 @@ def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] =
         raise ConfigError(f"table {number} trains on {table.data}: give --data-dir PATH")
     configs = {row.slug: row_config(row, data_dir, epochs, sets) for row in table.rows if row.trainable}  # all checked first
     out = check_out(out, "table --out")
+    check_table_folder(out, table)   # before anything is written there
     try:
         out.mkdir(exist_ok=True)
     except OSError as err:
@@ -134,12 +135,41 @@ def run_table(number: int, data_dir: Optional[str], out, epochs: Optional[int] =
     except LockBusy as err:
         raise InvaspreadError(f"{err}: one table command per folder at a time") from None
     try:
+        if not (out / TABLE_MARKER).is_file():
+            with atomic_file(out / TABLE_MARKER, "w", shared=True) as fh:
+                json.dump({"invaspread": "table folder", "tables": [str(number)]}, fh)
         return _run_rows(table, out, configs, epochs, sets, data_dir, log)
     finally:
         lock.release()
 
 
 TABLE_LOCK = ".invaspread-table.lock"
+TABLE_MARKER = ".invaspread-table"   # what makes a folder a table folder of ours (written when it is first used)
+
+
+def _our_records(data) -> bool:
+    """A ``tableN.json`` this command wrote: row slug -> a dict with the row's status."""
+    return isinstance(data, dict) and all(isinstance(v, dict) and v.get("status") in ("done", "failed", "diverged")
+                                          for v in data.values())
+
+
+def check_table_folder(out: Path, table: PaperTable) -> None:
+    """``table --out`` is a new or empty folder, or a table folder of ours (its marker, or -- written before the
+    marker existed -- a ``tableN.json`` of row records): anything else is the user's, refused untouched."""
+    if not out.is_dir() or (out / TABLE_MARKER).is_file():
+        return
+    names = sorted(p.name for p in out.iterdir() if p.name != TABLE_LOCK)   # a lock of ours: its holder is named
+    if not names:
+        return
+    records = out / f"table{table.number}.json"
+    try:
+        if records.is_file() and _our_records(json.loads(records.read_text())):
+            return
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    raise InvaspreadError(f"table --out {out} is not a table folder of invaspread, nor empty (it holds "
+                          f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}); nothing there was touched: "
+                          f"choose a new or empty folder")
 
 
 def _run_rows(table: PaperTable, out: Path, configs: dict, epochs, sets, data_dir, log) -> int:
@@ -150,6 +180,9 @@ def _run_rows(table: PaperTable, out: Path, configs: dict, epochs, sets, data_di
     except json.JSONDecodeError as err:
         raise InvaspreadError(f"{records_path} is not valid JSON ({err}); it only holds each row's status and wall "
                               f"time: move it aside and run again (finished rows are still skipped)") from err
+    if not _our_records(records):
+        raise InvaspreadError(f"{records_path} does not hold this command's row records (row -> status); it was "
+                              f"left as it is: move it aside and run again (finished rows are still skipped)")
     for row in table.rows:
         if not row.trainable:
             continue
