@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
 from pathlib import Path
@@ -385,6 +386,10 @@ INTERRUPTED = {   # what an interrupted command leaves behind, by command
 }
 
 
+# a write refused by the file system: one line naming the file, never a traceback
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill PID``): the command ends as on Ctrl-C, with the same one line, nothing half-written."""
 
@@ -424,6 +429,12 @@ def _run_command(args) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error when Python flushes
         return 141
+    except OSError as err:
+        if err.errno not in FULL_OR_READ_ONLY:
+            raise
+        print(f"invaspread: error: cannot write {err.filename or 'a file'}: {err.strerror}; nothing that existed was "
+              f"replaced ({INTERRUPTED.get(args.command, 'free space and run the command again')})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

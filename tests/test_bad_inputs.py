@@ -70,3 +70,59 @@ def test_a_full_disk_is_a_one_line_error_and_leaves_no_temp_file(tmp_path, monke
     message = str(info.value)
     assert "No space left on device" in message and "--resume" in message and "\n" not in message
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_names_the_file_and_the_previous_one_stays_resumable(
+        tmp_path, monkeypatch):
+    """What a real full disk does to ``torch.save`` ("unexpected pos", a RuntimeError): one line naming last.pt,
+    the free and the needed bytes, and the epoch before stays whole and resumable."""
+    import os
+
+    import torch
+
+    from invaspread.engine import checkpoint
+
+    cfg = load_config(None, ["data.subset_per_class=20", "data.num_workers=0", "model.width=8", "train.epochs=2",
+                             "train.batch_size=32", "train.progress=false", "eval.knn_k=10"])
+    real_save = torch.save
+
+    def full(obj, fh, *args, **kwargs):
+        if obj["epoch"] >= 2:
+            fh.write(b"x" * 100)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+        return real_save(obj, fh, *args, **kwargs)
+
+    class Stats:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda folder: Stats)
+    with pytest.raises(InvaspreadError) as info:
+        trainer.fit(cfg, tmp_path / "run", log=lambda s: None)
+    message = str(info.value)
+    assert "\n" not in message and f"{tmp_path / 'run' / 'last.pt'}" in message
+    assert "No space left on device (0.0 MiB free, the checkpoint needs about" in message and "unchanged" in message
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")) == []
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(tmp_path / "run")["epoch"] == 1
+    assert trainer.fit(None, tmp_path / "run", resume=True, log=lambda s: None)["epoch"] == 2
+
+
+def test_embed_under_a_file_size_limit_is_one_line_naming_the_file(tiny_run, tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import noise_image
+
+    (tmp_path / "images").mkdir()
+    for i in range(40):
+        noise_image(i).save(tmp_path / "images" / f"{i}.png")
+    out = tmp_path / "e.npz"
+    done = subprocess.run([sys.executable, "-m", "invaspread", "embed", str(tiny_run), "--images",
+                           str(tmp_path / "images"), "--out", str(out)], capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert "\n" not in line and "File too large" in line and "no embeddings file was written" in line, line
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

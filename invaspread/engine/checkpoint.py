@@ -3,7 +3,9 @@ arbitrary objects."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import pickle
 import re
 from pathlib import Path
@@ -39,9 +41,40 @@ def content_digest(value, digest=None) -> str:
 
 def save_checkpoint(state: dict, path) -> None:
     """Write ``state`` (plus its ``checksum``) to ``path`` via a temporary file + rename, so a kill never
-    leaves half a file."""
-    with atomic_file(path) as fh:
-        torch.save({**state, "checksum": content_digest(state)}, fh)
+    leaves half a file. A write that fails for want of space (PyTorch says "unexpected pos") is an ``OSError``
+    of the file system's reason, naming the file and the bytes it needs: the previous file stays whole."""
+    path = Path(path)
+    try:
+        with atomic_file(path) as fh:
+            torch.save({**state, "checksum": content_digest(state)}, fh)
+    except RuntimeError as err:
+        if "unexpected pos" not in str(err) and "PytorchStreamWriter" not in str(err):
+            raise
+        needed = sum(v.numel() * v.element_size() for v in _tensors(state))
+        free = _free_bytes(path.parent)
+        reason = (f"No space left on device ({free / 2 ** 20:.1f} MiB free, the checkpoint needs about "
+                  f"{needed / 2 ** 20:.1f} MiB)" if free is not None and free < 2 * needed + 2 ** 20 else
+                  f"the write failed ({' '.join(str(err).split())[:120]})")
+        raise OSError(errno.ENOSPC if "No space" in reason else errno.EIO, reason, str(path)) from err
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _free_bytes(folder: Path):
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return stats.f_bavail * stats.f_frsize
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

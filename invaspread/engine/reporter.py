@@ -93,9 +93,9 @@ class Reporter(Silent):
     def __exit__(self, kind, err, tb):
         self.folder.release()
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT,
-                                                      errno.EPERM):
-            then = (f"{self.path}/last.pt holds the last epoch written: free space or fix permissions, then continue "
-                    f"with --resume {self.path}" if (self.path / "last.pt").exists() else
+                                                      errno.EPERM, errno.EFBIG, errno.EIO):
+            then = (f"{self.path}/last.pt holds the last epoch written, unchanged: free space or fix permissions, "
+                    f"then continue with --resume {self.path}" if (self.path / "last.pt").exists() else
                     "no epoch was saved: free space or fix permissions, then train again")
             raise InvaspreadError(f"cannot write to the run folder {self.path}: {err.strerror} "
                                   f"({err.filename or 'a file'}); {then}") from err
