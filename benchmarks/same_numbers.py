@@ -44,7 +44,7 @@ def train(tree: Path, sets, out: Path) -> list:
     invaspread(tree, "train", "--config", "digits", "--epochs", "1", "--out", out,
                *[a for s in COMMON + sets for a in ("--set", s)])
     invaspread(tree, "train", "--resume", out, "--epochs", "2")
-    shown = invaspread(tree, "eval", out).splitlines()[1:]
+    shown = [line for line in invaspread(tree, "eval", out).splitlines()[1:] if "seconds" not in line]
     lines = [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
              for line in (out / "metrics.jsonl").read_text().splitlines()]
     return lines + [{"epoch": "eval", "printed": " ".join(" ".join(shown).split())}]
