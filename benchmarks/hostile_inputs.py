@@ -1,6 +1,6 @@
-"""Hostile and careless use of the command line, counted: every case of issues 11 and 18 run as a real
-`invaspread` process (SIGKILL/SIGTERM/SIGINT, two processes into one folder or index or table, planted files,
-damaged indexes, a full and a read-only disk, torchrun ranks killed), each judged "clean" or not. Prints one line
+"""Hostile and careless use of the command line, counted: every case run as a real `invaspread` process
+(SIGKILL/SIGTERM/SIGINT, two processes into one folder or index or table, planted files, damaged indexes, a full
+and a read-only disk, torchrun ranks killed, the user's files at our names), each judged "clean" or not. Prints one line
 per case and the totals per group. Cases run in parallel threads (each drives its own processes).
 
     python benchmarks/hostile_inputs.py [--jobs 3] [--only GROUP] [--case TEXT] [--kills 41] [--resumes 19]
@@ -8,7 +8,8 @@ per case and the totals per group. Cases run in parallel threads (each drives it
 Clean means: the command ends with exit code 0 and the right result, or with exit code 2 and exactly one line
 on stderr, "invaspread: error: ...", no traceback; and nothing the case checks was lost, overwritten or run.
 The full-disk and read-only cases mount a small tmpfs (root only; skipped otherwise). The cases live in
-benchmarks/hostile/ (kills_and_settings.py, own_data.py, outputs.py); the machinery in benchmarks/hostile/harness.py.
+benchmarks/hostile/ (kills_and_settings.py, own_data.py, outputs.py, user_files.py); the machinery in
+benchmarks/hostile/harness.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from harness import RESULTS, CASES, TINY, cli, load, record  # noqa: E402
 import kills_and_settings  # noqa: E402,F401  (registers its cases)
 import own_data  # noqa: E402,F401
 import outputs  # noqa: E402,F401
+import user_files  # noqa: E402,F401
 
 
 def _numbered(group, i, try_once, *args):
@@ -48,7 +50,7 @@ def main():
     parser.add_argument("--case", help="run the cases whose name contains this text")
     parser.add_argument("--only", help="run one group (kill, resume-exact, security, lost-data, cache, wrong, "
                                        "resume, settings, one-line, own-folders, index-search, report, table, "
-                                       "cache-clear, existing-folder, torchrun, divergence, archives)")
+                                       "cache-clear, existing-folder, torchrun, divergence, archives, user-files)")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,7 @@ from .config_methods import (check_installed, include_method, new_method_config,
                              validate_method)
 from .data.benchmarks import STL10_SPLITS
 from .data.datasets import DATASETS
+from .data.sources import UNREADABLE
 from .data.transforms import AUGMENT_RECIPES, SUCCESSOR_RECIPES
 from .engine.evaluation import PROTOCOLS
 from .engine.schedule import SCHEDULES
@@ -51,6 +52,7 @@ class DataConfig:
     mean: Optional[List[float]] = None  # normalisation mean per channel; null = the data set's usual values
     std: Optional[List[float]] = None  # normalisation std per channel; null = the data set's usual values
     cache_dir: Optional[str] = None  # decoded-array cache (archives); null = ~/.cache/invaspread
+    unreadable: str = "skip"  # a file of an image folder that is not a readable image: skip (named in one line, listed in RUN/unreadable.txt) | error
 
 
 @dataclass
@@ -145,6 +147,7 @@ class Config:
 CHOICES = {
     "data.name": tuple(DATASETS),
     "data.stl10_split": STL10_SPLITS,
+    "data.unreadable": UNREADABLE,
     "augment.recipe": AUGMENT_RECIPES,
     "model.arch": tuple(BACKBONES),
     "model.head": tuple(HEADS),

@@ -32,7 +32,7 @@ class LockBusy(InvaspreadError):
 
 
 # what a lock file of ours holds: nothing yet, or one holder line (``Lock.acquire`` writes it)
-HOLDER_LINE = re.compile(r"^(pid \d+ on \S* since [0-9: -]+)?\s*$")
+HOLDER_LINE = re.compile(r"^(pid \d+ on \S*( since [0-9: -]+)?)?\s*$")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 

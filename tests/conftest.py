@@ -21,6 +21,23 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+# Order only (nothing is asserted about time): the trainings that take minutes run first, the longest first (their
+# seconds on a 2-core float32 CPU, one thread), so that under pytest-xdist both workers start on them at once and
+# the short tests fill in behind; a long test collected last would run alone at the end.
+LEARNS = "test_integration_methods.py::test_method_learns_on_cifar10_subset"
+LONG_FIRST = {f"{LEARNS}[byol]": 277, "::test_cifar10_subset_knn": 50, f"{LEARNS}[npsoftmax]": 106,
+              f"{LEARNS}[nce]": 105, f"{LEARNS}[exemplar]": 92, f"{LEARNS}[mocov2]": 71, f"{LEARNS}[deepcluster]": 68,
+              f"{LEARNS}[triplet]": 66, "::test_cifar10_unseen": 60, "::test_two_process_run": 56,
+              f"{LEARNS}[simclr]": 48, "::test_killed_then_resumed_run_matches": 31, "::test_the_readmes_plugin": 27}
+
+
+def pytest_collection_modifyitems(config, items):
+    def seconds(item):
+        return max((s for key, s in LONG_FIRST.items() if key in item.nodeid), default=0)
+
+    items.sort(key=lambda item: -seconds(item))   # stable: the rest keep their order
+
+
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
 
@@ -85,9 +102,11 @@ def write_cifar10_python(root: Path, per_batch=4):
 
 @pytest.fixture(scope="session")
 def cifar_cache(tmp_path_factory):
-    """One decoded-array cache for every test that reads the CIFAR-10 archive (each subset setting is
-    decoded once per session)."""
-    return tmp_path_factory.getbasetemp() / "cifar-cache"
+    """One decoded-array cache for every test that reads the CIFAR-10 archive: the archive is decoded once per
+    session, under pytest-xdist once for all workers (the folder above the workers' own; the cache's entry lock
+    makes the second worker wait for the first's decode)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "cifar-cache"
 
 
 def noise_image(seed: int, size=(32, 32)) -> Image.Image:

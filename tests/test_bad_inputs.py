@@ -13,22 +13,30 @@ from invaspread.engine import reporter, trainer
 from invaspread.engine.batches import CPUBatches
 
 
-def test_unreadable_files_in_an_image_folder_are_all_reported_up_front(tmp_path):
+def test_unreadable_files_in_an_image_folder_are_all_found_up_front_and_skipped_or_refused(tmp_path):
     root = write_image_folder(tmp_path / "imgs", [3, 3])
     (root / "class_0" / "0001.png").write_bytes(b"")                       # empty
     (root / "class_1" / "0002.png").write_bytes(b"this is not a png")      # not an image
+    said = []
+    source = scan_image_folder(root, log=said.append)                      # data.unreadable=skip, the default
+    assert len(source) == 4 and [p for p, _ in source.skipped] == [str(root / "class_0" / "0001.png"),
+                                                                  str(root / "class_1" / "0002.png")]
+    assert list(source.labels) == [0, 0, 1, 1] and str(root / "class_0" / "0001.png") not in source.paths
+    assert len(said) == 1 and said[0].startswith(f"{root}: skipped 2 unreadable images: ")
     with pytest.raises(DataError) as info:
-        scan_image_folder(root)
+        scan_image_folder(root, unreadable="error")
     message = str(info.value)
-    assert "\n" not in message and message.startswith("2 of 6 files under")
+    assert "\n" not in message and message.startswith("2 of 6 files under") and "data.unreadable=error" in message
     assert "class_0/0001.png" in message and "class_1/0002.png" in message
 
 
 def test_a_decompression_bomb_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "imgs", [2, 2])
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)                     # every 12 x 10 image is now a bomb
-    with pytest.raises(DataError, match=r"4 of 4 files .*class_0/0000.png .*decompression bomb"):
+    with pytest.raises(DataError, match=r"none of the 4 image files .*class_0/0000.png .*decompression bomb"):
         scan_image_folder(root)
+    with pytest.raises(DataError, match=r"4 of 4 files .*class_0/0000.png .*decompression bomb"):
+        scan_image_folder(root, unreadable="error")
     with pytest.raises(DataError, match="cannot read image .*0000.png"):
         FileImages([str(root / "class_0" / "0000.png")]).image(0)
 

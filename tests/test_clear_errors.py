@@ -279,3 +279,16 @@ def test_an_error_message_is_bounded_whatever_the_value(case, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err) < 1000 and err.count("\n") == 1, err[:2000]
     assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize("scales, bad", [("[0.01]", "0.01"), ("[1.0, 0.1]", "0.1")])
+def test_rmac_scales_too_small_for_the_images_are_one_line_before_any_work(scales, bad, tmp_path):
+    from invaspread.engine.trainer import fit
+
+    cfg = load_config(None, ["model.width=8", "data.image_size=16", "data.subset_per_class=8", "data.num_workers=0",
+                             "train.batch_size=16", "train.epochs=1", "method.name=mom", "method.mom.features=rmac",
+                             f"method.mom.rmac_scales={scales}", "train.progress=false"])
+    with pytest.raises(ConfigError, match=rf"method.mom.rmac_scales=.*: scale {bad} turns the 16-pixel images .* too "
+                                          rf"small for model.arch=resnet18_cifar"):
+        fit(cfg, tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run").exists()

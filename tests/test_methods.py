@@ -156,12 +156,14 @@ def test_random_method_evaluates_the_untrained_network_and_leaves_a_checkpoint(t
 @pytest.mark.parametrize("name", list(METHODS))
 def test_cifar10_command_runs_every_method(name, cifar_cache, tmp_path, capsys):
     """``invaspread train --config cifar10 --set method.name=NAME``: the full-width ResNet18 of the
-    bundled config, one step of 128 instances on a 130-image subset."""
+    bundled config with its method settings, one step of 32 instances of 16 x 16 pixels on a 40-image subset (a
+    step of the config's own 128 instances of 32 x 32 at full width: benchmarks/step_floor.py)."""
     args = ["train", "--config", "cifar10", "--data-dir", str(cifar10_archive()), "--set", f"method.name={name}",
             "--epochs", "0" if name == "random" else "1", "--out", str(tmp_path / name),
-            "--set", "data.subset_per_class=13", "--set", "data.test_subset_per_class=5",
+            "--set", "data.subset_per_class=4", "--set", "data.test_subset_per_class=5",
             "--set", f"data.cache_dir={cifar_cache}", "--set", "train.progress=false", "--set", "data.num_workers=0",
-            # 130 images: fewer clusters than images, and MOM's neighbourhoods below the set's size
+            "--set", "train.batch_size=32", "--set", "data.image_size=16",
+            # 40 images: fewer clusters than images, and MOM's neighbourhoods below the set's size
             "--set", "method.deepcluster.clusters=10", "--set", "method.mom.positive_k=10",
             "--set", "method.mom.negative_k=20", "--set", "method.mom.graph_neighbours=10"]
     assert main(args) == 0

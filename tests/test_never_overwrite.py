@@ -331,3 +331,36 @@ def test_a_table_folder_of_ours_whose_records_were_replaced_is_refused_by_name(t
     with pytest.raises(InvaspreadError, match="table8.json does not hold this command's row records"):
         run_table(8, str(tmp_path / "cifar.tar.gz"), out, epochs=1, log=lambda s: None)
     assert (out / "table8.json").read_text() == '{"released": "a string, not a record"}'
+
+
+def test_the_next_run_in_a_folder_removes_the_temporaries_a_killed_write_left_and_says_so(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(None, ["data.subset_per_class=8", "data.num_workers=0", "model.width=8", "train.epochs=1",
+                             "train.batch_size=16", "train.progress=false", "eval.knn_k=5", "data.image_size=16"])
+    fit(cfg, out, log=lambda s: None)
+    dead = [".last.pt.k3j_x9a2.tmp", ".config.yaml.abcdefgh.tmp", ".epoch-0001.pt.0a1b2c3d.tmp"]
+    for name in dead:
+        (out / name).write_bytes(b"half a file")
+    (out / ".last.pt.mine.tmp").write_text("the user's, not a temporary of ours")
+    said = []
+    fit(None, out, resume=True, log=said.append, overrides=["train.epochs=2"])
+    assert [s for s in said if s.startswith("removed 3 temporary files an interrupted write left")], said
+    assert not any((out / name).exists() for name in dead) and (out / ".last.pt.mine.tmp").is_file()
+
+
+def test_the_next_index_removes_the_unfinished_index_a_killed_one_left_and_nothing_else(tiny_run, tmp_path):
+    from invaspread.search import build_index
+
+    images = tmp_path / "images"
+    images.mkdir()
+    noise_image(0).save(images / "a.png")
+    dead = tmp_path / ".photos.index.x1y2z3w4.building"
+    dead.mkdir()
+    (dead / "embeddings.f32").write_bytes(b"\0" * 64)
+    mine = tmp_path / ".photos.index.abcdefgh.building"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"the user's")
+    said = []
+    build_index(tiny_run, images, tmp_path / "photos.index", progress=False, log=said.append)
+    assert not dead.exists() and (mine / "holiday.jpg").read_bytes() == b"the user's"
+    assert any(s.startswith(f"removed {dead}") for s in said) and (tmp_path / "photos.index").is_dir()

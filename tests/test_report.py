@@ -2,6 +2,7 @@
 run's metrics.jsonl, brute-force neighbours and pair counts."""
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -205,6 +206,12 @@ def test_report_figures_are_the_runs_data(digits_run, tmp_path):
     spent = np.cumsum([sum(line.get(k, 0.0) for k in ("train_seconds", "epoch_start_seconds", "eval_seconds"))
                        for line in lines])
     np.testing.assert_allclose(by_time.lines[0].get_xdata(), spent)
+    ticks = [t for t in by_epoch.get_xticks() if by_epoch.get_xlim()[0] <= t <= by_epoch.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks   # 2 epochs: no tick at 0.5 or 1.5
+    # the folder as mkdir makes it (the umask's permissions), so a web server can serve it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "rep").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_pair_similarities_count_every_pair_once():

@@ -2,6 +2,7 @@
 embeddings; unreadable files are skipped and listed."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -120,6 +121,12 @@ def test_search_cli_json_and_errors(run_and_images, tmp_path, capsys):
         assert len(hits) == 3 and set(hits[0]) == {"path", "score"}
         assert hits[0]["path"] == query and abs(hits[0]["score"] - 1.0) < 1e-5
         assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    # --exclude-self: the same ranking without the query's own file, still k results
+    relative = os.path.relpath(query)   # the same file named another way
+    assert main(["search", str(out), relative, "-k", "3", "--json", "--exclude-self"]) == 0
+    without = json.loads(capsys.readouterr().out)["results"]
+    assert [h["path"] for h in without] == [h["path"] for h in hits[1:]] + [without[-1]["path"]]
+    assert len(without) == 3 and query not in [h["path"] for h in without]
     assert main(["index", str(run), "--images", str(images), "--out", str(out)]) == 2          # exists
     assert main(["search", str(tmp_path), query]) == 2                                          # not an index
     assert main(["search", str(out), str(images / "missing.png")]) == 2

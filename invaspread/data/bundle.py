@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -20,6 +20,7 @@ class DataBundle:
     setting: str  # "seen" (kNN, linear) or "unseen" (Recall@K, NMI)
     mean: Sequence[float] = ()  # Normalize values, filled in by build_data
     std: Sequence[float] = ()
+    skipped: list = field(default_factory=list)  # (path, reason) of the unreadable files the folders' scans left out
 
 
 def usable_workers(requested: int) -> int:

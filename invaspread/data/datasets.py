@@ -42,11 +42,15 @@ def cifar10_splits(cfg, progress: bool = True):
                                           cfg.cache_dir, progress)
         return splits["train"], splits["test"]
     if (root / "train").is_dir() and (root / "test").is_dir():
-        train, test = (scan_image_folder(root / split, labelled=True) for split in ("train", "test"))
+        train, test = (scan_image_folder(root / split, labelled=True, unreadable=cfg.unreadable)
+                       for split in ("train", "test"))
         test.labels, test.classes = _labels_by_class_name(test, train.classes, root / "test"), train.classes
-        return tuple(maybe_to_memory(subset_per_class(source, per_class[split]),
-                                     True if cfg.in_memory is None else cfg.in_memory, progress)
-                     for split, source in (("train", train), ("test", test)))
+        skipped = train.skipped + test.skipped
+        train, test = (maybe_to_memory(subset_per_class(source, per_class[split]),
+                                       True if cfg.in_memory is None else cfg.in_memory, progress)
+                       for split, source in (("train", train), ("test", test)))
+        train.skipped = skipped   # read by _cifar10 into the bundle
+        return train, test
     if not (root / "cifar-10-batches-py").is_dir() and not cfg.download:
         raise DataError(f"data.root={cfg.root}: found neither cifar-10-batches-py/, train/ and test/ folders, nor "
                         f"one .tar.gz archive; set data.download=true to download CIFAR-10 there")
@@ -62,30 +66,34 @@ def _cifar10(cfg, progress):
         names = [test.classes[i] if test.classes else str(i) for i in absent]
         raise DataError(f"data.root={cfg.root}: test class(es) {', '.join(names)} have no training images; kNN "
                         f"evaluation needs every test class among the training classes")
-    return DataBundle(train, train, test, "seen")
+    return DataBundle(train, train, test, "seen", skipped=getattr(train, "skipped", []))
 
 
 def _cifar10_unseen(cfg, progress):
     """Offline stand-in for the unseen-category protocol: train on classes 0-4, test on 5-9."""
     train, test = cifar10_splits(cfg, progress)
+    skipped = getattr(train, "skipped", [])
     train = train.subset(np.flatnonzero(train.labels < 5))
     test = test.subset(np.flatnonzero(test.labels >= 5))
-    return DataBundle(train, None, test, "unseen")
+    return DataBundle(train, None, test, "unseen", skipped=skipped)
 
 
 def _image_folder(cfg, progress):
     if cfg.root is None:
         raise DataError("data.name=image_folder needs data.root (a folder of images, or of <class>/ sub-folders)")
-    train = maybe_to_memory(subset_per_class(scan_image_folder(cfg.root), cfg.subset_per_class), cfg.in_memory, progress)
+    scanned = scan_image_folder(cfg.root, unreadable=cfg.unreadable)
+    skipped = list(scanned.skipped)
+    train = maybe_to_memory(subset_per_class(scanned, cfg.subset_per_class), cfg.in_memory, progress)
     bank = query = None
     if cfg.test_root is not None:
-        query = scan_image_folder(cfg.test_root, labelled=True)
+        query = scan_image_folder(cfg.test_root, labelled=True, unreadable=cfg.unreadable)
+        skipped += query.skipped
         if train.labels is not None:
             bank = train
             query.labels = _labels_by_class_name(query, train.classes, cfg.test_root)
             query.classes = train.classes
         query = maybe_to_memory(subset_per_class(query, cfg.test_subset_per_class), cfg.in_memory, progress)
-    return DataBundle(train, bank, query, "seen")
+    return DataBundle(train, bank, query, "seen", skipped=skipped)
 
 
 def _labels_by_class_name(query, train_classes, test_root):

@@ -18,9 +18,9 @@ import sys
 import tarfile
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -68,6 +68,7 @@ class FileImages:
     paths: List[str]
     labels: Optional[np.ndarray] = None
     classes: Optional[List[str]] = None
+    skipped: List[Tuple[str, str]] = field(default_factory=list)   # (path, reason): unreadable files left out
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -152,8 +153,12 @@ def _note(text: str) -> None:
     print(f"invaspread: {text}", file=sys.stderr)
 
 
+# data.unreadable: what a file that is not a readable image does in a folder a command reads
+UNREADABLE = ("skip", "error")
+
+
 def scan_image_folder(root, labelled: Optional[bool] = None, check: bool = True,
-                      log: Optional[Callable[[str], None]] = _note) -> FileImages:
+                      log: Optional[Callable[[str], None]] = _note, unreadable: str = "skip") -> FileImages:
     """Every image file under ``root``, recursively (hidden files and folders skipped), sorted by path: the one
     rule that ``train``, ``eval``, ``embed`` and ``index`` share, so all four see the same images.
 
@@ -161,8 +166,10 @@ def scan_image_folder(root, labelled: Optional[bool] = None, check: bool = True,
     (torchvision's ImageFolder layout; classes sorted by name). Otherwise the folder is unlabelled and, where it
     has sub-folders, ``log`` says why ("450 images at the top level: labels not used"); no image is dropped.
     ``labelled=True`` requires the labelled layout (an error says which images break it); ``False`` never
-    labels. ``check``: open every file's header now (``check_headers``); ``index`` skips unreadable files
-    instead and passes False."""
+    labels. ``check``: open every file's header now (``unreadable_files``); ``unreadable`` (``data.unreadable``)
+    says what a file that is not a readable image does: "skip" (left out, counted and named in one line through
+    ``log``, listed in the source's ``skipped``) or "error" (all of them named in one error). ``index`` reads
+    every file once anyway, so it passes ``check=False`` and skips them as it goes, the same way."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist or is not a directory")
@@ -193,29 +200,44 @@ def scan_image_folder(root, labelled: Optional[bool] = None, check: bool = True,
         number = {name: i for i, name in enumerate(classes)}
         source = FileImages(paths, np.asarray([number[rel.parts[0]] for rel in found], dtype=np.int64), classes)
     if check:
-        check_headers(source.paths, root)
+        bad = unreadable_files(source.paths)
+        if bad and unreadable == "error":
+            raise DataError(f"{len(bad)} of {len(source)} files under {root} are not readable images: "
+                            f"{describe_unreadable(bad)} (data.unreadable=error; remove or replace them)")
+        if bad:
+            broken = {path for path, _ in bad}
+            source = source.subset([i for i, path in enumerate(source.paths) if path not in broken])
+            source.skipped = bad
+            if not len(source):
+                raise DataError(f"none of the {len(bad)} image files under {root} is readable: {describe_unreadable(bad)}")
+            if log is not None:
+                log(f"{root}: skipped {_count(len(bad), 'unreadable image')}: {describe_unreadable(bad)} (set "
+                    f"data.unreadable=error to stop instead)")
     return source
+
+
+def describe_unreadable(bad: Sequence[Tuple[str, str]], first: int = 3) -> str:
+    """The first few unreadable files and why, and how many more: one bounded line however many there are."""
+    shown = "; ".join(f"{path} ({reason[:120]})" for path, reason in bad[:first])
+    return shown + (f"; and {len(bad) - first} more" if len(bad) > first else "")
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def check_headers(paths: Sequence[str], root) -> None:
-    """Open every file's header (no decoding: about 50 us a file) so that a file that is not an image, an
-    empty one or a decompression bomb is reported up front, all of them at once, not by a DataLoader
-    worker when it happens to be sampled."""
+def unreadable_files(paths: Sequence[str]) -> List[Tuple[str, str]]:
+    """(path, reason) of every file whose header does not open as an image (no decoding: about 50 us a file): a
+    file that is not an image, an empty one or a decompression bomb is found up front, all of them at once, not
+    by a DataLoader worker when it happens to be sampled."""
     bad = []
     for path in paths:
         try:
             with Image.open(path) as img:
                 img.size
         except (OSError, ValueError, Image.DecompressionBombError) as err:
-            bad.append(f"{path} ({' '.join(str(err).split())})")
-    if bad:
-        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise DataError(f"{len(bad)} of {len(paths)} files under {root} are not readable images: {shown}. "
-                        f"Remove or replace them")
+            bad.append((path, " ".join(str(err).split())))
+    return bad
 
 
 def maybe_to_memory(source: FileImages, in_memory: Optional[bool], progress: bool = True):

@@ -38,6 +38,9 @@ class Silent:
     def metrics(self, line: dict) -> None:
         pass
 
+    def list_unreadable(self, skipped) -> None:
+        pass
+
     def checkpoint(self, run, epoch: int, lr: float, last: dict) -> None:
         pass
 
@@ -53,6 +56,17 @@ class Reporter(Silent):
         self.folder, self.path, self._log = folder, folder.path, log
         self.scalars: Optional[ScalarLog] = None
 
+    def list_unreadable(self, skipped) -> None:
+        """``unreadable.txt``: every file the data's folder scans left out as unreadable, and why (one per line)."""
+        if not skipped:
+            return
+        from ..atomic import atomic_file
+
+        with atomic_file(self.path / "unreadable.txt", "w", shared=True) as fh:
+            fh.write("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        self.log(f"the {len(skipped)} unreadable file{'s' * (len(skipped) > 1)} left out are listed in "
+                 f"{self.path / 'unreadable.txt'}")
+
     @classmethod
     def open(cls, cfg, out_dir: Path, state: Optional[dict], use_existing_folder: bool, log) -> "Reporter":
         """The run folder appears only once data, model and batches are built (a bad setting leaves nothing); from
@@ -60,6 +74,10 @@ class Reporter(Silent):
         folder = RunFolder.reopen(out_dir, state) if state is not None else RunFolder.create(out_dir,
                                                                                               use_existing_folder)
         reporter = cls(folder, log)
+        removed = folder.remove_dead_temporaries()
+        if removed:
+            log(f"removed {len(removed)} temporary file{'s' * (len(removed) > 1)} an interrupted write left in "
+                f"{folder.path}: {', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
         try:
             reporter._open_files(cfg, state)
         except BaseException:

@@ -32,7 +32,10 @@ from ..outputs import check_out
 MARKER = ".invaspread-run"
 LOCK = ".invaspread.lock"
 KEPT_NAME = re.compile(r"^epoch-\d{4,}\.pt$")
-OUR_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "metrics.interrupted.jsonl", "overrides.jsonl", MARKER, LOCK)
+OUR_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "metrics.interrupted.jsonl", "overrides.jsonl", "unreadable.txt",
+             MARKER, LOCK)
+# a temporary file of ours (``atomic_file``: ".NAME." + mkstemp's 8 characters + ".tmp") of a file of the folder
+DEAD_TEMPORARY = re.compile(r"^\.(config\.yaml|last\.pt|epoch-\d+\.pt|\.invaspread-run|unreadable\.txt)\.[a-z0-9_]{8}\.tmp$")
 
 
 class RunFolder:
@@ -122,6 +125,17 @@ class RunFolder:
                                   f"config and metrics ({ours}): it was copied in. Resume the run in the folder it "
                                   f"came from, or start a new run from its network with --set model.init_from=FILE")
         return ours
+
+    def remove_dead_temporaries(self) -> list:
+        """Remove the temporary files an interrupted write of this folder left (``.last.pt.XXXXXXXX.tmp`` and the
+        like: ``atomic.atomic_file`` names them so); called with the folder's lock held, so none of them has a
+        living writer. Returns their names."""
+        removed = []
+        for path in sorted(self.path.iterdir()):
+            if DEAD_TEMPORARY.match(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed.append(path.name)
+        return removed
 
     # -- the lock --------------------------------------------------------------------------------------------
     def lock(self) -> None:

@@ -133,6 +133,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         run = _build(cfg, state, device, out_dir, log if main else Silent().log)
         reporter = Reporter.open(cfg, out_dir, state, use_existing_folder, log) if main else Silent()
         with reporter:
+            reporter.list_unreadable(run.bundle.skipped)
             return _train(run, reporter)
     finally:
         if started_group:

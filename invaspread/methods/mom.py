@@ -215,7 +215,10 @@ class MOM(Method):
 
     @classmethod
     def from_config(cls, cfg, encoder, num_instances):
-        return cls(encoder, num_instances, cls.settings(cfg), cfg.train.seed)
+        settings = cls.settings(cfg)
+        if settings.features == "rmac":
+            check_rmac_scales(encoder.backbone, cfg.data.image_size, settings.rmac_scales, cfg.model.arch)
+        return cls(encoder, num_instances, settings, cfg.train.seed)
 
     def _pools(self):
         return {"anchor": self.anchor, "positives": self.positives, "positive_weights": self.positive_weights,
@@ -252,3 +255,23 @@ class MOM(Method):
     def training_step(self, views, rows):
         z = self.embed(views)                                                    # (3, B, d)
         return self.loss(z[0], z[1], z[2], self._weights[rows.to(self._weights.device)])
+
+
+def check_rmac_scales(backbone: nn.Module, image_size: int, scales, arch: str) -> None:
+    """Every R-MAC input scale gives the backbone an image it can map (before any training): a tiny forward per
+    scale in eval mode, so a scale too small for the images is one line up front, not a traceback at mining."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        for scale in scales:
+            side = int(image_size * scale)   # what F.interpolate(scale_factor=scale) makes of the image
+            try:
+                with torch.no_grad():
+                    backbone(torch.zeros(1, 3, side, side, device=next(backbone.parameters()).device))
+            except (RuntimeError, ValueError) as err:
+                raise ConfigError(f"method.mom.rmac_scales={list(scales)}: scale {scale} turns the {image_size}-pixel "
+                                  f"images (data.image_size) into {side}x{side} ones, too small for model.arch={arch} "
+                                  f"({' '.join(str(err).split())[:80]}); use larger scales or larger images") from None
+    finally:
+        backbone.train(was_training)
+

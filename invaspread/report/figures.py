@@ -84,6 +84,9 @@ def plot_learning_curves(curves: Dict[str, Dict[str, list]]):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole: no tick at 0.5 on short runs
     by_epoch.legend(fontsize=8)
     by_epoch.set_title("Figure 3: learning speed per epoch")
     by_time.set_title("... and per second")

@@ -122,6 +122,9 @@ def _publish(building: Path, out: Path, previous: Optional[List[str]]) -> None:
     """The finished page appears in ``out``: by one rename when ``out`` is new, else file by file over an earlier
     report's own files, whose leftovers (runs no longer in the report) are removed."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        umask = os.umask(0)
+        os.umask(umask)
+        building.chmod(0o777 & ~umask)   # a new folder as mkdir would make it (mkdtemp's 0700: no web server reads it)
         publish_folder(building, out, "report --out")
         return
     new = {p.name for p in building.iterdir()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..engine.features import evaluation_network
 from ..locks import held
 from ..outputs import check_new_path, check_out, new_folder, publish_folder
 from ..data.bundle import usable_workers
-from ..data.sources import DataError, FileImages, scan_image_folder
+from ..data.sources import DataError, FileImages, describe_unreadable, scan_image_folder
 
 INDEX_VERSION = 2   # 2: meta.json holds each file's size and SHA-256, verified by search
 INDEX_FILES = ("embeddings.f32", "paths.jsonl", "model.pt", "faiss.index")
@@ -104,6 +105,7 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
     cfg, state, model, dev = load_run(run, [f"train.device={device}"] if device else [])
     with held(out.parent / f".{out.name}.lock", f"index {out}", remove=True):
         check_new_path(out, "--out")   # again, now that no other index command can be creating it
+        _remove_dead_buildings(out, log)
         building = new_folder(out, "--out")
         try:
             meta = _build(building, run, cfg, state, model, dev, paths, images, batch_size, num_workers, faiss, ivf,
@@ -112,12 +114,25 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
-    for item in meta["skipped"]:
-        log(f"skipped (unreadable): {printable(item['path'])}: {item['error']}")
+    if meta["skipped"]:
+        log(f"{images}: skipped {len(meta['skipped'])} unreadable file{'s' * (len(meta['skipped']) > 1)}: "
+            f"{describe_unreadable([(printable(s['path']), s['error']) for s in meta['skipped']])} (all of them in "
+            f"{out / 'meta.json'}, key skipped; data.unreadable=error in the run's config stops instead)")
     log(f"{meta['count']} images -> {out} ({meta['dim']}-d, {meta['count'] / meta['seconds']:.0f} images/s"
         + (f", {len(meta['skipped'])} unreadable files skipped" if meta["skipped"] else "")
         + (f", FAISS {meta['faiss']['kind']}" if meta["faiss"] else ", exact torch search") + ")")
     return meta
+
+
+def _remove_dead_buildings(out: Path, log) -> None:
+    """``.NAME.XXXXXXXX.building`` folders beside ``out`` that a killed ``index --out NAME`` left: with the index's
+    lock held, none has a living writer; removed when they hold only an index's files."""
+    pattern = re.compile(rf"^\.{re.escape(out.name[:200])}\.[a-z0-9_]{{8}}\.building$")
+    for path in sorted(out.parent.iterdir()):
+        if (pattern.match(path.name) and path.is_dir() and not path.is_symlink()
+                and all(p.is_file() and p.name in (*INDEX_FILES, "meta.json") for p in path.iterdir())):
+            shutil.rmtree(path)
+            log(f"removed {path}: the unfinished index of an interrupted index command")
 
 
 def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_size, num_workers, faiss, ivf,
@@ -147,6 +162,10 @@ def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_siz
     if not kept:
         raise InvaspreadError(f"--images {images}: none of the {len(paths)} files could be read "
                               f"(first: {printable(skipped[0]['path'])}: {skipped[0]['error']})")
+    if skipped and cfg.data.unreadable == "error":
+        raise InvaspreadError(f"{len(skipped)} of {len(paths)} files under {images} are not readable images: "
+                              f"{describe_unreadable([(printable(s['path']), s['error']) for s in skipped])} "
+                              f"(data.unreadable=error in the run's config; remove or replace them)")
     (building / "paths.jsonl").write_text("".join(json.dumps(p) + "\n" for p in kept))
     save_checkpoint({"version": CHECKPOINT_VERSION, "model": state["model"], "config": state["config"],
                      "epoch": state["epoch"]}, building / "model.pt")
