@@ -31,6 +31,13 @@ LONG_FIRST = {f"{LEARNS}[byol]": 277, "::test_cifar10_subset_knn": 50, f"{LEARNS
               f"{LEARNS}[simclr]": 48, "::test_killed_then_resumed_run_matches": 31, "::test_the_readmes_plugin": 27}
 
 
+def pytest_configure(config):
+    # under -n, hand the tests out one at a time: xdist's default sends each worker a run of consecutive tests at
+    # once, and every long test (first, above) would land on the first worker
+    if getattr(config.option, "maxschedchunk", "absent") is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(config, items):
     def seconds(item):
         return max((s for key, s in LONG_FIRST.items() if key in item.nodeid), default=0)

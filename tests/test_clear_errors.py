@@ -281,7 +281,7 @@ def test_an_error_message_is_bounded_whatever_the_value(case, tmp_path, capsys):
     assert time.perf_counter() - start < 30
 
 
-@pytest.mark.parametrize("scales, bad", [("[0.01]", "0.01"), ("[1.0, 0.1]", "0.1")])
+@pytest.mark.parametrize("scales, bad", [("[0.01]", "0.01"), ("[1.0, 0.05]", "0.05")])
 def test_rmac_scales_too_small_for_the_images_are_one_line_before_any_work(scales, bad, tmp_path):
     from invaspread.engine.trainer import fit
 

@@ -364,3 +364,67 @@ def test_the_next_index_removes_the_unfinished_index_a_killed_one_left_and_nothi
     build_index(tiny_run, images, tmp_path / "photos.index", progress=False, log=said.append)
     assert not dead.exists() and (mine / "holiday.jpg").read_bytes() == b"the user's"
     assert any(s.startswith(f"removed {dead}") for s in said) and (tmp_path / "photos.index").is_dir()
+
+
+def test_the_next_report_removes_the_unfinished_report_a_killed_one_left_and_nothing_else(small_run, tmp_path):
+    from invaspread.report.page import write_report
+
+    dead = tmp_path / ".site.q1w2e3r4.building"
+    dead.mkdir()
+    (dead / "figure3.png").write_bytes(b"half a png")
+    mine = tmp_path / ".site.holidays.building"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    said = []
+    write_report([small_run], tmp_path / "site", images=20, queries=2, k=2, log=said.append)
+    assert not dead.exists() and (mine / "notes.txt").read_text() == "the user's"
+    assert any(s.startswith(f"removed {dead}") for s in said) and (tmp_path / "site" / "index.html").is_file()
+    assert not (tmp_path / ".site.lock").exists()   # the report's lock is removed with it
+
+
+@pytest.mark.parametrize("what", ["overrides.jsonl", "metrics.jsonl"])
+def test_a_run_folders_appended_files_are_rewritten_whole_never_half(what, tmp_path, monkeypatch):
+    """overrides.jsonl and metrics.jsonl get their lines through the atomic writer: cut before the rename, the
+    file is exactly the old one (an append cut mid-line would leave half a line)."""
+    from invaspread import atomic
+    from invaspread.engine.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path, "run-id")
+    write = (lambda: folder.record_overrides(1, ["optim.lr=0.01"])) if what == "overrides.jsonl" else \
+        (lambda: folder.append_metrics({"epoch": 2, "loss": 1.0}))
+    write()
+    before = (tmp_path / what).read_bytes()
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write()
+    assert (tmp_path / what).read_bytes() == before and before.count(b"\n") == 1
+    assert [p.name for p in tmp_path.iterdir()] == [what]
+    monkeypatch.undo()
+    write()
+    assert (tmp_path / what).read_bytes().count(b"\n") == 2
+
+
+def test_table_files_are_written_whole(tmp_path, monkeypatch):
+    """tableN.md / .csv of a table folder are replaced through the atomic writer: cut before the rename, the
+    previous table stays as it was."""
+    from invaspread import atomic
+    from invaspread.report.table_runner import run_table
+
+    out = tmp_path / "t8"
+    run_table(8, str(tmp_path / "no-data.tar.gz"), out, epochs=1, log=lambda s: None)   # rows fail: no data
+    before = {name: (out / name).read_bytes() for name in ("table8.md", "table8.csv")}
+
+    def killed(src, dst):
+        if str(dst).endswith((".md", ".csv")):
+            raise KeyboardInterrupt
+        return os.rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_table(8, str(tmp_path / "no-data.tar.gz"), out, epochs=1, log=lambda s: None)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -35,7 +35,8 @@ KEPT_NAME = re.compile(r"^epoch-\d{4,}\.pt$")
 OUR_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "metrics.interrupted.jsonl", "overrides.jsonl", "unreadable.txt",
              MARKER, LOCK)
 # a temporary file of ours (``atomic_file``: ".NAME." + mkstemp's 8 characters + ".tmp") of a file of the folder
-DEAD_TEMPORARY = re.compile(r"^\.(config\.yaml|last\.pt|epoch-\d+\.pt|\.invaspread-run|unreadable\.txt)\.[a-z0-9_]{8}\.tmp$")
+DEAD_TEMPORARY = re.compile(r"^\.(config\.yaml|last\.pt|epoch-\d+\.pt|\.invaspread-run|unreadable\.txt|metrics\.jsonl|"
+                            r"metrics\.interrupted\.jsonl|overrides\.jsonl)\.[a-z0-9_]{8}\.tmp$")
 
 
 class RunFolder:
@@ -171,9 +172,9 @@ class RunFolder:
             _write_atomic(self.metrics_path, "".join(ln + "\n" for ln in kept))
 
     def _set_aside(self, lines, why: str) -> None:
-        with (self.path / "metrics.interrupted.jsonl").open("a") as fh:
-            fh.write(json.dumps({"set_aside": why, "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-            fh.writelines(ln + "\n" for ln in lines if ln.strip())
+        _append_atomic(self.path / "metrics.interrupted.jsonl",
+                       [json.dumps({"set_aside": why, "at": time.strftime("%Y-%m-%d %H:%M:%S")})]
+                       + [ln for ln in lines if ln.strip()])
 
     def keep_checkpoints(self, epoch: int, keep: int, save_epochs) -> None:
         """After ``last.pt`` of ``epoch`` is written: keep it as ``epoch-NNNN.pt`` when it is among the last
@@ -214,15 +215,23 @@ class RunFolder:
     def record_overrides(self, epoch: int, overrides, **changes) -> None:
         """Append the settings changed on a resume to ``overrides.jsonl`` (config.yaml shows the result), and
         ``changes`` that are not config keys (``processes``: another torchrun size)."""
-        with (self.path / "overrides.jsonl").open("a") as fh:
-            fh.write(json.dumps({"resumed_after_epoch": epoch, "overrides": list(overrides), **changes,
-                                 "at": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        _append_atomic(self.path / "overrides.jsonl", [json.dumps({
+            "resumed_after_epoch": epoch, "overrides": list(overrides), **changes,
+            "at": time.strftime("%Y-%m-%d %H:%M:%S")})])
 
     def append_metrics(self, line: dict) -> None:
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        _append_atomic(self.metrics_path, [json.dumps(line)])
 
 
 def _write_atomic(path: Path, text: str) -> None:
     with atomic_file(path, "w", shared=True) as fh:
         fh.write(text)
+
+
+def _append_atomic(path: Path, lines) -> None:
+    """``lines`` added at the end of ``path`` by writing the whole file anew (``atomic_file``): a kill at any
+    byte leaves the old file or the new one, never a half line (the files are a few lines per epoch)."""
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    _write_atomic(path, old + "".join(line + "\n" for line in lines))

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InvaspreadError
+from ..locks import held
 from ..outputs import check_out, new_folder, publish_folder
 from . import figures
 
@@ -81,6 +82,25 @@ def write_report(runs: Sequence, out, data_dir: Optional[str] = None, images: in
     for run in runs:
         name = _slug(run.name)
         names[run] = name if name not in names.values() else f"{name}-{len(names)}"
+    with held(out.parent / f".{out.name}.lock", f"report {out}", remove=True):   # one report into a name at a time
+        _remove_dead_buildings(out, log)
+        _build_and_publish(runs, names, out, previous, data_dir, images, queries, k, seed, log)
+    log(f"wrote {out / 'index.html'}")
+    return out / "index.html"
+
+
+def _remove_dead_buildings(out: Path, log) -> None:
+    """``.NAME.XXXXXXXX.building`` folders beside ``out`` that a killed report left: with the report's lock held,
+    none has a living writer; removed when they hold only a report's files (PNGs, index.html, its marker)."""
+    pattern = re.compile(rf"^\.{re.escape(out.name[:200])}\.[a-z0-9_]{{8}}\.building$")
+    for path in sorted(out.parent.iterdir()):
+        if (pattern.match(path.name) and path.is_dir() and not path.is_symlink() and all(
+                p.is_file() and (p.suffix in (".png", ".html") or p.name == REPORT_MARKER) for p in path.iterdir())):
+            shutil.rmtree(path)
+            log(f"removed {path}: the unfinished report of an interrupted report command")
+
+
+def _build_and_publish(runs, names, out: Path, previous, data_dir, images, queries, k, seed, log) -> None:
     building = new_folder(out, "report --out")
     try:
         curves = {names[r]: figures.learning_curve(figures.read_metrics(r)) for r in runs}
@@ -95,8 +115,6 @@ def write_report(runs: Sequence, out, data_dir: Optional[str] = None, images: in
         _publish(building, out, previous)
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    log(f"wrote {out / 'index.html'}")
-    return out / "index.html"
 
 
 REPORT_MARKER = ".invaspread-report"

@@ -207,8 +207,9 @@ def _run_rows(table: PaperTable, out: Path, configs: dict, epochs, sets, data_di
     with atomic_file(records_path, "w") as fh:
         json.dump(records, fh, indent=1)
     md, rows_csv = render(table, records, out, epochs, sets, data_dir)
-    (out / f"table{number}.md").write_text(md)
-    (out / f"table{number}.csv").write_text(rows_csv)
+    for suffix, text in (("md", md), ("csv", rows_csv)):   # the old file or the new one, whatever the moment of a kill
+        with atomic_file(out / f"table{number}.{suffix}", "w", shared=True) as fh:
+            fh.write(text)
     log(md)
     log(f"wrote {out / f'table{number}.md'} and {out / f'table{number}.csv'}")
     diverged = [slug for slug, r in records.items() if r.get("status") == "diverged"]
