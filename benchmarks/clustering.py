@@ -82,7 +82,7 @@ def main():
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}")
-    print(f"| pass | images | dims | seconds | peak MiB | of which the pass | result |\n|---|---:|---:|---:|---:|---:|---|")
+    print("| pass | images | dims | seconds | peak MiB | of which the pass | result |\n|---|---:|---:|---:|---:|---:|---|")
     for n in args.sizes:
         for case in args.cases:
             out = subprocess.run([sys.executable, __file__, "--device", args.device, "--child", case, str(n)],

@@ -184,7 +184,7 @@ def cmd_index(args) -> int:
     from .search import build_index
 
     build_index(args.run, args.images, args.out, args.batch_size, args.workers, args.backend, args.ivf, args.device,
-                progress=sys.stderr.isatty())
+                progress=sys.stderr.isatty(), overrides=args.set or ())
     return 0
 
 
@@ -347,6 +347,8 @@ def _add_index(sub) -> None:
     ix.add_argument("--ivf", type=int, default=0, metavar="NLIST",
                     help="FAISS IVF index with NLIST lists (approximate; 0 = exact, the default)")
     ix.add_argument("--device", help="auto, cpu or cuda")
+    ix.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a key of the run's config, e.g. eval.features=pooled")
     ix.set_defaults(func=cmd_index)
 
 

@@ -113,6 +113,7 @@ class TrainConfig:
     keep: int = 0  # also keep the checkpoints of the last K epochs as epoch-NNNN.pt beside last.pt (0: last.pt only)
     save_epochs: List[int] = field(default_factory=list)  # epochs whose checkpoint is kept for good (e.g. [1, 10, 100])
     tensorboard: bool = False  # also write the metrics as TensorBoard scalars in RUN/tensorboard/ (pip install tensorboard)
+    trust_unchecked_checkpoint: bool = False  # accept a checkpoint that carries no content checksum (written by hand, or before 2026-11-27) in --resume, eval, embed, index and model.init_from
 
 
 @dataclass
@@ -424,7 +425,8 @@ def from_dict(data: dict, source: str = "") -> Config:
 # row's folder is the row when only these differ (``report.table_runner``); a resumed run may change them and
 # RESUMABLE_KEYS (each change recorded in the run's overrides.jsonl)
 SAME_RESULT_KEYS = ("train.epochs", "data.root", "data.test_root", "data.cache_dir", "data.num_workers", "train.device",
-                    "train.progress", "eval.batch_size", "train.tensorboard")
+                    "train.progress", "eval.batch_size", "train.tensorboard",
+                    "train.trust_unchecked_checkpoint")
 # ... plus the lr (to continue after a divergence) and how the run is evaluated: the one list of resumable keys
 RESUMABLE_KEYS = SAME_RESULT_KEYS + ("optim.lr", "eval.protocol", "eval.nmi_average", "eval.features")
 

@@ -84,8 +84,6 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_names_the_file_and_the_previ
         tmp_path, monkeypatch):
     """What a real full disk does to ``torch.save`` ("unexpected pos", a RuntimeError): one line naming last.pt,
     the free and the needed bytes, and the epoch before stays whole and resumable."""
-    import os
-
     import torch
 
     from invaspread.engine import checkpoint

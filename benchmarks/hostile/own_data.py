@@ -252,11 +252,13 @@ def _(w):
     import torch
 
     cli("train", "--out", w / "run", "--epochs", "0", "--set", "method.name=random", *TINY)
+    from invaspread.engine.checkpoint import save_checkpoint
+
     state = load(w / "run" / "last.pt")
     state.pop("checksum", None)
     state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                       for k, v in state["model"].items()}
-    torch.save(state, w / "nan.pt")
+    save_checkpoint(state, w / "nan.pt")   # checksummed as a run's own: a checkpoint without one is refused
     images = write_image_folder(w / "imgs", [2, 2])
     embed = cli("embed", w / "nan.pt", "--images", images, "--out", w / "e.npz")
     index = cli("index", w / "nan.pt", "--images", images, "--out", w / "i.index")

@@ -251,3 +251,45 @@ def _(w):
     os.umask(umask)
     mode = stat.S_IMODE((w / "site").stat().st_mode) if (w / "site").is_dir() else None
     return done.returncode == 0 and mode == 0o777 & ~umask, f"mode {mode and oct(mode)}"
+
+
+# ---- checkpoints without a checksum -----------------------------------------------------------------------
+
+def _unchecked(run, path, knn_k=None):
+    import torch
+
+    state = torch.load(run / "last.pt", weights_only=True)
+    state.pop("checksum")
+    if knn_k is not None:
+        state["config"]["eval"]["knn_k"] = knn_k          # a hand edit of the saved config
+    torch.save(state, path)
+    return path
+
+
+@case("user-files", "a checkpoint without checksum, its config edited: eval, embed, index refuse, write nothing")
+def _(w):
+    run, images = _run(w), _images(w, 4)
+    bad = _unchecked(run, w / "hand.pt", knn_k=3)
+    done = [cli("eval", bad), cli("embed", bad, "--images", images, "--out", w / "e.npz"),
+            cli("index", bad, "--images", images, "--out", w / "i.index")]
+    nothing = not (w / "e.npz").exists() and not (w / "i.index").exists()
+    return all(one_line_error(d, "no checksum") for d in done) and nothing, done[0].stderr[-200:]
+
+
+@case("user-files", "a run's last.pt without checksum: --resume refuses it unchanged; trusted, it resumes")
+def _(w):
+    run = _run(w)
+    _unchecked(run, run / "last.pt")
+    planted = {run / "last.pt": (run / "last.pt").read_bytes()}
+    refused = cli("train", "--resume", run, "--epochs", "2")
+    kept = _same(planted)
+    trusted = cli("train", "--resume", run, "--epochs", "2", "--set", "train.trust_unchecked_checkpoint=true")
+    return one_line_error(refused, "no checksum") and kept and trusted.returncode == 0, refused.stderr[-200:]
+
+
+@case("user-files", "model.init_from a checkpoint without checksum: refused before any run folder")
+def _(w):
+    run = _run(w)
+    bad = _unchecked(run, w / "hand.pt")
+    done = cli("train", "--out", w / "fine", "--epochs", "1", *TINY, "--set", f"model.init_from={bad}")
+    return one_line_error(done, "no checksum") and not (w / "fine").exists(), done.stderr[-200:]

@@ -77,8 +77,21 @@ def _free_bytes(folder: Path):
     return stats.f_bavail * stats.f_frsize
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint (a file, or a run folder holding ``last.pt``) with ``weights_only=True``."""
+TRUST_UNCHECKED = "train.trust_unchecked_checkpoint"
+
+
+def trusts_unchecked(overrides) -> bool:
+    """Whether the ``overrides`` ("key=value") say ``train.trust_unchecked_checkpoint=true``: read before the
+    checkpoint, whose config they then adjust."""
+    from ..config import parse_override
+
+    return any(key == TRUST_UNCHECKED and value is True for key, value in map(parse_override, overrides or ()))
+
+
+def load_checkpoint(path, map_location="cpu", trust_unchecked: bool = False) -> dict:
+    """Load a checkpoint (a file, or a run folder holding ``last.pt``) with ``weights_only=True``. Every checkpoint
+    invaspread writes carries a content checksum; one without (written by hand, or before the checksum existed)
+    is refused unless ``trust_unchecked``: nothing could tell an edited config or weights from what was saved."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.pt"
@@ -98,6 +111,10 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(state, dict):
         raise InvaspreadError(f"{path} is not an invaspread checkpoint (it holds a {type(state).__name__})")
     stored = state.pop("checksum", None)
+    if stored is None and not trust_unchecked:
+        raise InvaspreadError(f"{path} carries no checksum (written by hand, or by invaspread before 2026-11-27), so "
+                              f"nothing can tell its config and weights from what was saved; refused. If you trust "
+                              f"the file: --set {TRUST_UNCHECKED}=true")
     if stored is not None and stored != content_digest(state):
         raise InvaspreadError(f"{path} is corrupt: its content no longer matches the checksum written with it "
                               f"(disk or copy damage); use an intact copy")
@@ -118,7 +135,7 @@ def load_run(path, overrides=()):
     from ..models import build_model
     from .precision import resolve_device
 
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, trust_unchecked=trusts_unchecked(overrides))
     cfg = from_dict(state["config"], str(path))
     for text in overrides:
         set_key(cfg, *parse_override(text), source="--set")

@@ -25,7 +25,7 @@ from ..methods import build_method
 from ..models import build_model
 from ..ops.distributed import barrier, broadcast_from_main, mean_over_ranks, start_from_environment, world
 from .batches import make_batches
-from .checkpoint import load_checkpoint, load_method_state, load_network
+from .checkpoint import load_checkpoint, load_method_state, load_network, trusts_unchecked
 from .estimate import cost_line, duration
 from .evaluation import resolve_protocol
 from .features import source_features
@@ -42,9 +42,10 @@ class DivergedError(InvaspreadError):
     """Training stopped because the loss or the weights became NaN or infinite (the last finite epoch is saved)."""
 
 
-def load_encoder_weights(model, path) -> None:
+def load_encoder_weights(model, path, trust_unchecked: bool = False) -> None:
     """Initialise ``model`` with the network of another run (``model.init_from``): same architecture only."""
-    load_network(model, load_checkpoint(Path(path).expanduser())["model"], f"model.init_from={path}")
+    state = load_checkpoint(Path(path).expanduser(), trust_unchecked=trust_unchecked)
+    load_network(model, state["model"], f"model.init_from={path}")
 
 
 # a CPU run of fewer steps is not announced: the estimate costs a step of its own (5 % of 20 steps), and such a
@@ -116,7 +117,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
     ``overrides`` ("key=value", resume only): the changes of ``RESUME_OVERRIDES``, recorded in the folder."""
     out_dir, state = Path(out_dir), None
     if resume:
-        state = load_checkpoint(out_dir)
+        state = load_checkpoint(out_dir, trust_unchecked=trusts_unchecked(overrides))
         RunFolder.check_identity(out_dir, state)   # a copied-in last.pt is refused before anything else
         cfg = resumed_config(state, out_dir, overrides)
         state["overrides"] = list(overrides or [])
@@ -149,7 +150,7 @@ def _build(cfg: Config, state: Optional[dict], device: torch.device, out_dir: Pa
     resolve_protocol(cfg.eval.protocol, bundle, cfg.data.name)   # evaluation that cannot run fails before training
     model = build_model(cfg.model)
     if cfg.model.init_from and state is None:
-        load_encoder_weights(model, cfg.model.init_from)
+        load_encoder_weights(model, cfg.model.init_from, cfg.train.trust_unchecked_checkpoint)
     method = _placed_method(cfg, build_method(cfg, model, len(bundle.train)), device)
     optimizer = build_optimizer(method.parameter_groups(), cfg.optim)
     start_epoch, steps_done, last = 0, 0, {}

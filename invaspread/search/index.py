@@ -83,10 +83,11 @@ def _collate(items):
 
 def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, backend: str = "auto",
                 ivf: int = 0, device: Optional[str] = None, progress: bool = True,
-                log: Callable[[str], None] = print) -> dict:
+                log: Callable[[str], None] = print, overrides=()) -> dict:
     """Embed every image under ``images`` with the run's network (its evaluation transform) into the index
     folder ``out``; returns its meta. ``backend``: also build a FAISS index ("auto": when faiss is installed);
-    ``ivf``: number of inverted lists (0: exact ``IndexFlatIP``).
+    ``ivf``: number of inverted lists (0: exact ``IndexFlatIP``); ``overrides`` ("key=value"): changes to the run's
+    config, as ``embed``'s ``--set``.
 
     ``out`` is built under a unique hidden name beside it while a lock (``.NAME.lock``) keeps a second ``index``
     into the same ``out`` away, and appears whole, by one rename, only when complete: an interrupted or failed
@@ -102,7 +103,7 @@ def build_index(run, images, out, batch_size: int = 256, num_workers: int = 0, b
     if ivf and faiss is not None and ivf > len(paths):
         raise InvaspreadError(f"--ivf {ivf}: more inverted lists than the {len(paths)} images under {images}; use "
                               f"at most {len(paths)} (or about sqrt(N)), or 0 for exact search")
-    cfg, state, model, dev = load_run(run, [f"train.device={device}"] if device else [])
+    cfg, state, model, dev = load_run(run, [*overrides, *([f"train.device={device}"] if device else [])])
     with held(out.parent / f".{out.name}.lock", f"index {out}", remove=True):
         check_new_path(out, "--out")   # again, now that no other index command can be creating it
         _remove_dead_buildings(out, log)
@@ -167,7 +168,9 @@ def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_siz
                               f"{describe_unreadable([(printable(s['path']), s['error']) for s in skipped])} "
                               f"(data.unreadable=error in the run's config; remove or replace them)")
     (building / "paths.jsonl").write_text("".join(json.dumps(p) + "\n" for p in kept))
-    save_checkpoint({"version": CHECKPOINT_VERSION, "model": state["model"], "config": state["config"],
+    config = cfg.to_dict()   # with the --set changes (the queries must go through the same features) ...
+    config["train"]["device"] = state["config"].get("train", {}).get("device", "auto")   # ... but not this machine's
+    save_checkpoint({"version": CHECKPOINT_VERSION, "model": state["model"], "config": config,
                      "epoch": state["epoch"]}, building / "model.pt")
     meta = {"version": INDEX_VERSION, "count": len(kept), "dim": dim, "run": str(run), "epoch": int(state["epoch"]),
             "images": str(images), "skipped": skipped, "faiss": None, "seconds": seconds,
