@@ -114,25 +114,16 @@ def cmd_eval(args) -> int:
 def cmd_embed(args) -> int:
     import numpy as np
 
-    from .data.sources import scan_image_folder
-    from .data.eval_transform import run_eval_transform
-    from .engine.checkpoint import load_run
-    from .engine.features import evaluation_network, extract_features
     from .outputs import check_new_path, check_out, new_file
-    from .search.index import refuse_non_finite
+    from .search.embed import embed_images
 
     out = check_out(args.out, "embed --out", folder=False)   # a folder is refused before a suffix is added
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")  # numpy would append it anyway: say where the file really is
     out = check_out(out, "embed --out", folder=False)
     check_new_path(out, "embed --out")   # before the work; publishing checks again
-    if args.batch_size < 1:
-        raise InvaspreadError(f"embed --batch-size {args.batch_size}: expected a positive number")
-    cfg, state, model, device = load_run(args.run, _overrides(args))
-    source = scan_image_folder(args.images, unreadable=cfg.data.unreadable)
-    feats = extract_features(evaluation_network(model, cfg), source, run_eval_transform(cfg), args.batch_size, device,
-                             cfg.data.num_workers, progress=sys.stderr.isatty()).cpu().numpy()
-    refuse_non_finite(feats, source.paths, f"the network of {args.run} (epoch {state['epoch']})")
+    source, feats, state = embed_images(args.run, args.images, args.batch_size, overrides=_overrides(args),
+                                        progress=sys.stderr.isatty())
     extra = {} if source.labels is None else {"labels": source.labels, "classes": np.asarray(source.classes)}
     if source.skipped:   # the unreadable files left out, every one (the line above named the first few)
         extra["skipped"] = np.asarray([path for path, _ in source.skipped])
