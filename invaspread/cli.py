@@ -174,8 +174,25 @@ def cmd_report(args) -> int:
 def cmd_index(args) -> int:
     from .search import build_index
 
+    if args.add:
+        return _index_add(args)
+    if args.run is None or args.out is None:
+        raise InvaspreadError("index needs RUN_DIR_OR_CHECKPOINT and --out INDEX to build an index, or --add INDEX "
+                              "to add images to one: see invaspread index --help")
     build_index(args.run, args.images, args.out, args.batch_size, args.workers, args.backend, args.ivf, args.device,
                 progress=sys.stderr.isatty(), overrides=args.set or ())
+    return 0
+
+
+def _index_add(args) -> int:
+    from .search.grow import add_to_index
+
+    given = [flag for flag, value in (("RUN_DIR_OR_CHECKPOINT", args.run), ("--out", args.out), ("--ivf", args.ivf),
+                                      ("--set", args.set), ("--backend", args.backend != "auto")) if value]
+    if given:
+        raise InvaspreadError(f"index --add INDEX takes no {', '.join(given)}: the index's own network, config and "
+                              f"FAISS kind embed and hold the new images")
+    add_to_index(args.add, args.images, args.batch_size, args.workers, args.device, progress=sys.stderr.isatty())
     return 0
 
 
@@ -324,13 +341,18 @@ def _add_index(sub) -> None:
                                     "bounded by a batch) with a trained run's network into an index folder. "
                                     "Unreadable files are listed and skipped. With FAISS installed (pip install "
                                     "'invaspread[faiss]') a FAISS index is built too: exact inner product, or IVF "
-                                    "with --ivf NLIST for collections past a million images.",
-                        epilog="example:\n  invaspread index runs/cifar10 --images ~/photos --out photos.index\n"
+                                    "with --ivf NLIST for collections past a million images. --add INDEX grows an "
+                                    "index: only the images it does not hold are embedded, and the grown index "
+                                    "replaces the old one in one step.",
+                        epilog="examples:\n  invaspread index runs/cifar10 --images ~/photos --out photos.index\n"
+                               "  invaspread index --add photos.index --images ~/photos   # only the new photos\n"
                                "  invaspread search photos.index query.jpg -k 10",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ix.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    ix.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", nargs="?", help="the trained run (not with --add)")
     ix.add_argument("--images", required=True, help="folder of images (searched recursively)")
-    ix.add_argument("--out", required=True, help="index folder to create (e.g. photos.index)")
+    ix.add_argument("--out", help="index folder to create (e.g. photos.index)")
+    ix.add_argument("--add", metavar="INDEX", help="add the images under --images that INDEX does not hold yet, "
+                                                   "embedded by INDEX's own network (nothing is embedded twice)")
     ix.add_argument("--batch-size", type=int, default=256)
     ix.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding images (default 0)")
     ix.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
@@ -392,7 +414,7 @@ INTERRUPTED = {   # what an interrupted command leaves behind, by command
     "train": "every finished epoch is saved in the run folder's last.pt (continue with: invaspread train --resume "
              "RUN_DIR)",
     "table": "every finished epoch of the row in progress is saved; run the same table command again to go on",
-    "index": "no index was written (the partial one is removed); run the command again",
+    "index": "no index was written or changed (the partial one is removed); run the command again",
     "embed": "no embeddings file was written; run the command again",
     "report": "no report was written (the partial one is removed); run the command again",
 }

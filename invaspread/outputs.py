@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -96,6 +97,41 @@ def new_folder(path: Path, flag: str = "--out") -> Path:
         return Path(tempfile.mkdtemp(prefix=f".{path.name[:200]}.", suffix=".building", dir=path.parent))
     except OSError as err:
         raise _unwritable(err, path, flag) from err
+
+
+RENAME_EXCHANGE = 2   # renameat2's flag (Linux 3.15+): both names swap in one step
+AT_FDCWD = -100
+
+
+def exchange_folders(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``): whoever opens
+    either name sees one folder or the other, never neither. False where the system cannot (then nothing moved)."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):   # not Linux, or a C library older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):   # a kernel or file system without the flag
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_folder(building: Path, path: Path) -> None:
+    """Put the finished folder ``building`` in the place of the existing folder ``path`` (a grown index) and
+    remove the old one. Atomic where ``exchange_folders`` is; elsewhere the old folder is renamed aside first,
+    and a kill between the two renames leaves it whole in ``.NAME.XXXXXXXX.previous/index``."""
+    if exchange_folders(building, path):
+        shutil.rmtree(building)   # now the old folder
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name[:200]}.", suffix=".previous", dir=path.parent))
+    os.rename(path, aside / "index")
+    os.rename(building, path)
+    shutil.rmtree(aside)
 
 
 def publish_folder(building: Path, path: Path, flag: str = "--out") -> None:

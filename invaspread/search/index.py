@@ -136,29 +136,40 @@ def _remove_dead_buildings(out: Path, log) -> None:
             log(f"removed {path}: the unfinished index of an interrupted index command")
 
 
-def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_size, num_workers, faiss, ivf,
-           progress) -> dict:
-    """Write every file of an index into the (empty) folder ``building``; returns its meta."""
+def embed_into(vectors, paths: Sequence[str], cfg, model, dev, batch_size: int, num_workers: int, progress: bool,
+               network: str):
+    """Append the float32 L2-normalised embeddings of the readable ``paths`` (the run's evaluation network and
+    transform) to the open file ``vectors``; returns (kept paths, skipped [{path, error}], dim or None)."""
     from tqdm.auto import tqdm
 
     from ..data.eval_transform import run_eval_transform
-    from ..engine.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 
     loader = DataLoader(_Readable(paths, run_eval_transform(cfg)), batch_size=batch_size,
-                        num_workers=usable_workers(num_workers),
-                        collate_fn=_collate)
+                        num_workers=usable_workers(num_workers), collate_fn=_collate)
     features = evaluation_network(model, cfg)
-    kept, skipped, dim, started = [], [], None, time.perf_counter()
-    with open(building / "embeddings.f32", "wb") as vectors, torch.no_grad():
+    kept, skipped, dim = [], [], None
+    with torch.no_grad():
         for indices, batch, failed in tqdm(loader, desc="index", unit="batch", disable=not progress):
             skipped += [{"path": paths[i], "error": err} for i, err in failed]
             if batch is None:
                 continue
             z = torch.nn.functional.normalize(features(batch.to(dev)).float(), dim=1).cpu().numpy()
-            refuse_non_finite(z, [paths[i] for i in indices], f"the network of {run} (epoch {state['epoch']})")
+            refuse_non_finite(z, [paths[i] for i in indices], network)
             dim = z.shape[1]
             vectors.write(np.ascontiguousarray(z, dtype=np.float32).tobytes())
             kept += [paths[i] for i in indices]
+    return kept, skipped, dim
+
+
+def _build(building: Path, run, cfg, state, model, dev, paths, images, batch_size, num_workers, faiss, ivf,
+           progress) -> dict:
+    """Write every file of an index into the (empty) folder ``building``; returns its meta."""
+    from ..engine.checkpoint import CHECKPOINT_VERSION, save_checkpoint
+
+    started = time.perf_counter()
+    with open(building / "embeddings.f32", "wb") as vectors:
+        kept, skipped, dim = embed_into(vectors, paths, cfg, model, dev, batch_size, num_workers, progress,
+                                        f"the network of {run} (epoch {state['epoch']})")
     seconds = time.perf_counter() - started
     if not kept:
         raise InvaspreadError(f"--images {images}: none of the {len(paths)} files could be read "
