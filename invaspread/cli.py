@@ -135,6 +135,13 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import SUFFIXES, export_run
+
+    export_run(args.run, args.format, args.out or f"model{SUFFIXES[args.format]}", _overrides(args))
+    return 0
+
+
 def cmd_cache(args) -> int:
     """List or empty the decoded-image cache."""
     from .data.cache import cache_folder, clear_entries, list_entries
@@ -295,6 +302,23 @@ def _add_embed(sub) -> None:
     em.set_defaults(func=cmd_embed)
 
 
+def _add_export(sub) -> None:
+    ex = sub.add_parser("export", help="the evaluation network as an ONNX or TorchScript file",
+                        description="Write the network that embed uses (its features, L2-normalised, the "
+                                    "normalisation inside) as a file that runs without invaspread: input 'images' "
+                                    "(batch, 3, S, S) floats in [0, 1], any batch size; output 'embeddings' "
+                                    "(batch, d). FILE.json beside it says how to resize and crop the images.",
+                        epilog="examples:\n  invaspread export runs/cifar10 --format onnx --out cifar10.onnx\n"
+                               "  invaspread export runs/cifar10 --format torchscript --out cifar10.pt",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    ex.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                    help="onnx (pip install 'invaspread[export]'; run with onnxruntime) or torchscript (torch.jit.load)")
+    ex.add_argument("--out", metavar="FILE", help="the file to write (default: model.onnx or model.pt); never replaced")
+    ex.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. eval.features=pooled")
+    ex.set_defaults(func=cmd_export)
+
+
 def _add_table(sub) -> None:
     tb = sub.add_parser("table", help="train every row of one of the paper's tables and write it beside the paper's",
                         description="Train every row of the paper's Table N (1-8) in turn with the bundled configs, "
@@ -405,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"invaspread {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in (_add_train, _add_config, _add_eval, _add_embed, _add_table, _add_report, _add_index, _add_search, _add_cache):
+    for add in (_add_train, _add_config, _add_eval, _add_embed, _add_table, _add_report, _add_index, _add_search,
+                _add_export, _add_cache):
         add(sub)
     return parser
 
@@ -416,6 +441,7 @@ INTERRUPTED = {   # what an interrupted command leaves behind, by command
     "table": "every finished epoch of the row in progress is saved; run the same table command again to go on",
     "index": "no index was written or changed (the partial one is removed); run the command again",
     "embed": "no embeddings file was written; run the command again",
+    "export": "no file was written; run the command again",
     "report": "no report was written (the partial one is removed); run the command again",
 }
 
