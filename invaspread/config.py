@@ -34,6 +34,7 @@ from .errors import ConfigError, InvaspreadError, shown  # noqa: F401  (re-expor
 from .evaluate.retrieval import NMI_AVERAGES
 from .methods.base import EVAL_FEATURES
 from .models import BACKBONES, HEADS
+from .models.timm_nets import check_timm_arch, is_timm_arch
 
 
 @dataclass
@@ -68,7 +69,7 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | inception_v1
+    arch: str = "resnet18_cifar"  # resnet18_cifar | resnet18 | resnet50 | inception_v1 | timm:NAME (any timm model, pip install 'invaspread[timm]')
     width: int = 64  # resnet18_cifar only: channels of the first stage (64 = the paper's ResNet18)
     pool_window: Optional[int] = None  # resnet18_cifar only: null = global average pool; 7 = released STL-10 code
     embedding_dim: int = 128  # size of the L2-normalised embedding (paper: 128)
@@ -79,7 +80,8 @@ class ModelConfig:
     frozen_bn: Optional[bool] = None  # BatchNorm keeps its running statistics in training; null = when pretrained
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all ranks' images (false: each rank's share, like the released DataParallel)
     init_from: Optional[str] = None  # a run folder or .pt whose network initialises this one (fine-tuning)
-    pretrained: bool = False  # ImageNet weights (torchvision archs only; needs them downloaded once)
+    pretrained: bool = False  # ImageNet weights (torchvision archs: needs them downloaded once; timm archs: from the Hugging Face cache, or pretrained_file)
+    pretrained_file: Optional[str] = None  # timm archs: a local .safetensors / .pth of the model's weights (with pretrained=true)
 
 
 @dataclass
@@ -266,6 +268,11 @@ CIFAR_ONLY = ("width", "pool_window")   # the keys only model.arch=resnet18_cifa
 def _check_model(model: ModelConfig) -> None:
     """A key the chosen architecture does not read is an error, not a silently different network (the
     torchvision and Inception networks have their authors' widths and global pooling)."""
+    if model.pretrained_file is not None and not (is_timm_arch(model.arch) and model.pretrained):
+        raise ConfigError(f"model.pretrained_file={shown(model.pretrained_file)}: applies to model.arch=timm:NAME with "
+                          f"model.pretrained=true (model.arch={model.arch}, model.pretrained={model.pretrained})")
+    if is_timm_arch(model.arch):
+        check_timm_arch(model.arch)
     if model.arch == "resnet18_cifar":
         return
     defaults = ModelConfig()
@@ -280,6 +287,8 @@ def _check_choices(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        if key == "model.arch" and is_timm_arch(value):
+            continue   # any timm model: checked by name in _check_model
         if value not in allowed:
             raise ConfigError(f"{key}={shown(value)}: expected one of {', '.join(allowed)}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .embedding import HEADS, EmbeddingNet, make_head
 from .resnet_cifar import CifarResNet
+from .timm_nets import TIMM_PREFIX, is_timm_arch, timm_backbone
 from .torchvision_nets import PretrainedWeightsUnavailable, inception_v1_backbone, resnet_backbone
 
 
@@ -24,11 +25,15 @@ BACKBONES = {
 
 
 def build_model(cfg) -> EmbeddingNet:
-    """Build the embedding network described by a ``ModelConfig`` (arch, width, embedding_dim, pretrained)."""
-    if cfg.arch not in BACKBONES:
-        raise ValueError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(BACKBONES)}")
-    backbone, feature_dim = BACKBONES[cfg.arch](cfg)
+    """Build the embedding network described by a ``ModelConfig`` (arch, width, embedding_dim, pretrained);
+    ``arch="timm:NAME"``: timm's model NAME (``timm_nets``)."""
+    if is_timm_arch(cfg.arch):
+        backbone, feature_dim = timm_backbone(cfg)
+    elif cfg.arch in BACKBONES:
+        backbone, feature_dim = BACKBONES[cfg.arch](cfg)
+    else:
+        raise ValueError(f"model.arch={cfg.arch!r} is unknown; choose one of {sorted(BACKBONES)} or timm:NAME")
     return EmbeddingNet(backbone, feature_dim, cfg.embedding_dim, cfg.head, cfg.head_hidden, cfg.head_last_bias)
 
 
-__all__ = ["BACKBONES", "HEADS", "CifarResNet", "EmbeddingNet", "make_head", "PretrainedWeightsUnavailable", "build_model"]
+__all__ = ["BACKBONES", "HEADS", "TIMM_PREFIX", "is_timm_arch", "CifarResNet", "EmbeddingNet", "make_head", "PretrainedWeightsUnavailable", "build_model"]

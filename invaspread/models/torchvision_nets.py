@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import InvaspreadError
 
-class PretrainedWeightsUnavailable(RuntimeError):
-    pass
+
+class PretrainedWeightsUnavailable(InvaspreadError, RuntimeError):
+    """Pretrained weights asked for and not on this machine: one line saying where they were looked for."""
 
 
 def _weights(enum, pretrained: bool):
