@@ -142,6 +142,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .search.serve import serve
+
+    if args.k < 1:
+        raise InvaspreadError(f"serve -k {args.k}: expected a positive number")
+    serve(args.index, args.host, args.port, args.k)
+    return 0
+
+
 def cmd_cache(args) -> int:
     """List or empty the decoded-image cache."""
     from .data.cache import cache_folder, clear_entries, list_entries
@@ -319,6 +328,21 @@ def _add_export(sub) -> None:
     ex.set_defaults(func=cmd_export)
 
 
+def _add_serve(sub) -> None:
+    sv = sub.add_parser("serve", help="a local page to browse an index and search it by click or upload",
+                        description="Serve a page over INDEX: a grid of its images; click one, or upload one, to "
+                                    "see its k nearest neighbours with scores and paths. Only the index's own images "
+                                    "are served, by row number. Local by default (127.0.0.1); Ctrl-C stops.",
+                        epilog="example:\n  invaspread serve photos.index --port 8000   # then open "
+                               "http://127.0.0.1:8000/",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sv.add_argument("index", metavar="INDEX")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free one)")
+    sv.add_argument("-k", type=int, default=8, help="neighbours shown (default 8)")
+    sv.set_defaults(func=cmd_serve)
+
+
 def _add_table(sub) -> None:
     tb = sub.add_parser("table", help="train every row of one of the paper's tables and write it beside the paper's",
                         description="Train every row of the paper's Table N (1-8) in turn with the bundled configs, "
@@ -430,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for add in (_add_train, _add_config, _add_eval, _add_embed, _add_table, _add_report, _add_index, _add_search,
-                _add_export, _add_cache):
+                _add_export, _add_serve, _add_cache):
         add(sub)
     return parser
 
@@ -442,6 +466,7 @@ INTERRUPTED = {   # what an interrupted command leaves behind, by command
     "index": "no index was written or changed (the partial one is removed); run the command again",
     "embed": "no embeddings file was written; run the command again",
     "export": "no file was written; run the command again",
+    "serve": "the page is no longer served; nothing was changed",
     "report": "no report was written (the partial one is removed); run the command again",
 }
 
