@@ -55,7 +55,7 @@ def status(url):
 
 def expected(index_folder, query=None, row=None):
     index = SearchIndex(index_folder)
-    queries = index.embed([str(query)]) if query is not None else np.asarray(index.embeddings[row:row + 1])
+    queries = index.embed([str(query)]) if query is not None else np.array(index.embeddings[row:row + 1])
     scores, rows = index.search(queries, K + (row is not None))
     return [(index.paths[r], round(float(s), 4)) for s, r in zip(scores[0], rows[0]) if r != row][:K]
 
