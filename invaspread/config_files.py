@@ -59,3 +59,16 @@ def shipped_configs() -> Dict[str, Tuple[Path, str]]:
             for path in sorted(Path(folder).glob("*.yaml")):
                 found.setdefault(path.stem, (path, f"entry point {point.name} = {point.value} (group {CONFIG_GROUP})"))
     return found
+
+
+def overrides_from_flags(args) -> list:
+    """A command's ``--set KEY=VALUE`` list, with its shortcut flags (``--data-dir``, ``--epochs``, ``--device``)
+    written as the keys they stand for."""
+    sets = list(args.set or [])
+    if getattr(args, "data_dir", None):
+        sets.append(f"data.root={args.data_dir}")
+    if getattr(args, "epochs", None) is not None:
+        sets.append(f"train.epochs={args.epochs}")
+    if getattr(args, "device", None):
+        sets.append(f"train.device={args.device}")
+    return sets
