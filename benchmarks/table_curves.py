@@ -2,9 +2,11 @@
 seconds per epoch, kNN top-1 along training (Figure 3's numbers), and per epoch the quantity that explains
 whether a row learns (NCE's partition / Z, DeepCluster's cluster sizes and classifier loss, the triplet gap).
 
-    python benchmarks/table_curves.py runs/table1 [--epochs 0 1 2 5 10 15]
+    python benchmarks/table_curves.py runs/table1 [--epochs 0 1 2 5 10 15] [--figure3 figure3.png]
 
-Only the row folders' ``metrics.jsonl`` is read: nothing is trained or evaluated.
+Only the row folders' ``metrics.jsonl`` is read: nothing is trained or evaluated. ``--figure3`` draws the
+report's Figure 3 (kNN per epoch and per second) of every row, as ``invaspread report`` draws it, without the
+report's per-run figures.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="the table's --out folder (its rows are subfolders)")
     parser.add_argument("--epochs", type=int, nargs="+", default=[0, 1, 2, 5, 10, 15], help="epochs to show")
+    parser.add_argument("--figure3", type=Path, help="also write Figure 3 of the rows to this PNG (a new file)")
     args = parser.parse_args()
     if not args.folder.is_dir():
         raise SystemExit(f"table_curves.py: {args.folder} is not a folder")
@@ -87,6 +90,13 @@ def main() -> None:
     if not rows:
         raise SystemExit(f"table_curves.py: no row runs (subfolders with metrics.jsonl) under {args.folder}")
     print("\n".join(curve_table(rows, args.epochs) + explaining_tables(rows)))
+    if args.figure3:
+        from invaspread.report.figures import learning_curve, plot_learning_curves, read_metrics
+
+        if args.figure3.exists():
+            raise SystemExit(f"table_curves.py: {args.figure3} exists; it is not replaced")
+        curves = {name: learning_curve(read_metrics(args.folder / name)) for name in rows}
+        plot_learning_curves(curves).savefig(args.figure3, dpi=100)
 
 
 if __name__ == "__main__":
