@@ -72,12 +72,14 @@ def _check_model(model) -> None:
     if model.arch == "resnet18_cifar":
         return
     defaults = type(model)()   # the defaults of the class (no import of config.py: no cycle)
-    for key in CIFAR_ONLY:
-        if getattr(model, key) != getattr(defaults, key):
-            raise ConfigError(f"model.{key}={getattr(model, key)}: applies to model.arch=resnet18_cifar only "
-                              f"(model.arch={model.arch} has its authors' fixed widths and global pooling); drop "
-                              f"it, or set model.{key}={getattr(defaults, key) if getattr(defaults, key) is not None else 'null'}")
-
+    unread = [key for key in CIFAR_ONLY if getattr(model, key) != getattr(defaults, key)]
+    if unread:   # every such key at once: a bundled config's width and the user's pool_window in one message
+        shown_keys = ", ".join(f"model.{key}={getattr(model, key)}" for key in unread)
+        resets = " ".join(f"--set model.{key}={'null' if getattr(defaults, key) is None else getattr(defaults, key)}"
+                          for key in unread)
+        raise ConfigError(f"{shown_keys}: {'apply' if len(unread) > 1 else 'applies'} to model.arch=resnet18_cifar "
+                          f"only (model.arch={model.arch} has its authors' fixed widths and global pooling); drop "
+                          f"{'them' if len(unread) > 1 else 'it'} from the config, or pass {resets}")
 
 def _check_choices(cfg) -> None:
     for key, allowed in CHOICES.items():

@@ -240,3 +240,15 @@ def test_a_model_key_the_architecture_does_not_read_is_an_error_naming_what_it_a
         load_config(None, sets)
     # the README's own-images recipe (cifar10 config, width at its default) stays valid
     assert load_config("configs/cifar10.yaml", ["model.arch=resnet18"]).model.arch == "resnet18"
+
+
+def test_every_key_the_architecture_does_not_read_is_named_at_once_with_its_reset():
+    """The digits config sets model.width=16: a user who picks inception_v1 and sets pool_window hears of both
+    keys in one message, each with the value that drops it (what `--set` would take)."""
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/digits.yaml", ["model.arch=inception_v1", "model.pool_window=7"])
+    message = str(info.value)
+    assert message.startswith("model.width=16, model.pool_window=7: apply to model.arch=resnet18_cifar only")
+    assert "--set model.width=64 --set model.pool_window=null" in message
+    resets = message.split("pass ")[-1].replace("--set ", "").split()
+    assert load_config("configs/digits.yaml", ["model.arch=inception_v1", *resets]).model.pool_window is None

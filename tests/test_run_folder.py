@@ -234,3 +234,63 @@ def test_a_config_write_cut_before_it_completes_leaves_the_old_file_whole(tmp_pa
         save_config(load_config(None, ["train.epochs=7"]), path)
     assert path.read_bytes() == before and yaml.safe_load(before)["train"]["epochs"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def _cut_at_config_yaml(monkeypatch):
+    """A kill between last.pt's write and config.yaml's rename (issue 28, 3): the resume's changed config is in
+    last.pt, config.yaml still holds the one before."""
+    from invaspread import atomic
+
+    real = atomic.os.replace
+
+    def cut(source, target):
+        if str(target).endswith("config.yaml"):
+            raise KeyboardInterrupt
+        real(source, target)
+
+    monkeypatch.setattr(atomic.os, "replace", cut)
+
+
+def test_a_resume_cut_between_last_pt_and_config_yaml_is_not_taken_for_an_edit(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    fit(tiny(epochs=1), run, log=lambda s: None)
+    _cut_at_config_yaml(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        fit(None, run, resume=True, overrides=["train.epochs=2"], log=lambda s: None)
+    with pytest.raises(KeyboardInterrupt):   # cut again, now with a change of its own: both still known
+        fit(None, run, resume=True, overrides=["optim.lr=0.003"], log=lambda s: None)
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 1   # the older config stayed
+    monkeypatch.undo()
+    said = []
+    fit(None, run, resume=True, log=said.append)
+    assert epochs_logged(run) == [0, 1, 2]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["epochs"] == 2 and saved["optim"]["lr"] == 0.003
+    records = [json.loads(line) for line in (run / "overrides.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["resumed_after_epoch"] == 1
+    assert sorted(records[0]["overrides"]) == ["optim.lr=0.003", "train.epochs=2"]
+    assert any("resumed with" in line and "train.epochs=2" in line for line in said)
+    assert "config_before_resume" not in load_checkpoint(run)   # the first epoch's checkpoint drops it
+
+
+def test_an_edit_after_a_resume_that_wrote_config_yaml_is_still_refused(tmp_path, monkeypatch):
+    """The older config a resume keeps in last.pt until its first epoch forgives only a cut before config.yaml:
+    once config.yaml was rewritten (here the resume is stopped before its first step), an edit is refused. (A hand
+    edit that writes back exactly the older config cannot be told from the cut: last.pt's config wins, and the
+    resume says "resumed with ..." and records it.)"""
+    import invaspread.engine.trainer as trainer
+
+    run = tmp_path / "run"
+    fit(tiny(epochs=1), run, log=lambda s: None)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(None, run, resume=True, overrides=["train.epochs=2"], log=lambda s: None)
+    monkeypatch.undo()
+    assert "config_before_resume" in load_checkpoint(run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("width: 8", "width: 32"))
+    with pytest.raises(ConfigError, match=r"was edited \(model.width\)"):
+        fit(None, run, resume=True, log=lambda s: None)

@@ -90,8 +90,12 @@ class Reporter(Silent):
         from ..ops.distributed import world
 
         start_epoch = 0 if state is None else int(state["epoch"])
-        if state is not None and state["overrides"]:  # last.pt and config.yaml agree on the changed config at once
-            save_checkpoint({**{k: v for k, v in state.items() if k != "overrides"}, "config": cfg.to_dict()},
+        if state is not None and state["overrides"]:
+            # last.pt first, keeping the config it replaces: a kill before config.yaml is rewritten leaves that older
+            # config there, which the next resume recognises (``trainer._cut_resume``) instead of calling it an edit
+            save_checkpoint({**{k: v for k, v in state.items() if k not in ("overrides", "config_before_resume")},
+                             "config": cfg.to_dict(), "config_before_resume": state.get("config_before_resume",
+                                                                                         state["config"])},
                             self.path / "last.pt")
         save_config(cfg, self.path / "config.yaml")
         if state is not None:

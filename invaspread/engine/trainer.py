@@ -67,12 +67,17 @@ def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
             edited = completed(yaml.safe_load(on_disk.read_text()), str(on_disk))   # keys added since: defaults
         except (yaml.YAMLError, UnicodeDecodeError, InvaspreadError):
             edited = None
-        if edited != saved.to_dict():
+        cut = _cut_resume(state, edited, saved.to_dict(), str(on_disk))
+        if cut is not None:
+            state["unrecorded_overrides"] = cut   # recorded now, with this resume's own changes
+        elif edited != saved.to_dict():
             changed = sorted(f"{section}.{key}" for section, values in (edited or {}).items() if isinstance(values, dict)
                              for key in values if values[key] != saved.to_dict().get(section, {}).get(key))
             raise ConfigError(f"{on_disk} was edited ({', '.join(changed) or 'unreadable'}); a resumed run continues "
                               f"with the config saved in last.pt: undo the edit, and pass an allowed change on the "
                               f"command line instead ({', '.join(RESUME_OVERRIDES)})")
+    if "unrecorded_overrides" not in state:
+        state.pop("config_before_resume", None)   # config.yaml agrees with last.pt: a next cut is measured from here
     cfg = from_dict(state["config"], str(out_dir / "last.pt"))
     for text in overrides or []:
         key, value = parse_override(text)
@@ -86,6 +91,23 @@ def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
         raise ConfigError(f"train.epochs={cfg.train.epochs}: the run in {out_dir} has done {state['epoch']} epochs "
                           f"already; to extend it pass more")
     return cfg
+
+
+def _cut_resume(state: dict, on_disk: Optional[dict], saved: dict, source: str) -> Optional[list]:
+    """The changes of a resume that was cut after it wrote last.pt but before it rewrote config.yaml and
+    overrides.jsonl (``Reporter._open_files`` keeps the config it replaced as ``config_before_resume`` until the
+    first epoch's checkpoint): ``config.yaml`` is then that older config, not an edit. Returns those changes as
+    ``key=value`` for overrides.jsonl, or None when ``config.yaml`` is not that state (equal, or edited)."""
+    before = state.get("config_before_resume")
+    if before is None or on_disk is None or on_disk == saved:
+        return None
+    try:
+        if on_disk != completed(before, source):
+            return None
+    except InvaspreadError:
+        return None
+    return [f"{section}.{key}={values[key]}" for section, values in saved.items() if isinstance(values, dict)
+            for key in values if values[key] != on_disk.get(section, {}).get(key)]
 
 
 @dataclass
@@ -120,7 +142,7 @@ def fit(cfg: Optional[Config], out_dir, resume: bool = False, log: Callable[[str
         state = load_checkpoint(out_dir, trust_unchecked=trusts_unchecked(overrides))
         RunFolder.check_identity(out_dir, state)   # a copied-in last.pt is refused before anything else
         cfg = resumed_config(state, out_dir, overrides)
-        state["overrides"] = list(overrides or [])
+        state["overrides"] = state.pop("unrecorded_overrides", []) + list(overrides or [])
     else:
         resolve_cpu_precision(cfg)   # a new run records what "null" meant on this CPU
         record_origin(cfg)           # ... and where its method came from, when a plugin
