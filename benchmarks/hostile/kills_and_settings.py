@@ -255,13 +255,16 @@ def _knn_reference(run, temperature):
     votes among the eval.knn_k most similar bank rows (the same ranking as the plain sum, without its overflow)."""
     from invaspread.data.datasets import build_data
     from invaspread.engine.checkpoint import load_run
-    from invaspread.engine.features import source_features
+    from invaspread.engine.features import evaluation_network, source_features
 
     cfg, _, model, device = load_run(run)
     k = cfg.eval.knn_k
     bundle = build_data(cfg.data, progress=False)
-    feats = [source_features(model, s, cfg.data, cfg.augment, bundle.mean, bundle.std, 256, device).double().numpy()
-             for s in (bundle.bank, bundle.query)]
+    # the network as `eval` runs it (bf16 autocast where the run trains in it): only the voting is recomputed in
+    # float64, so a near-tie ordered differently by float32 features is not taken for an overflow
+    network = evaluation_network(model, cfg)
+    feats = [source_features(network, s, cfg.data, cfg.augment, bundle.mean, bundle.std, cfg.eval.batch_size,
+                             device).double().numpy() for s in (bundle.bank, bundle.query)]
     bank, query = (f / np.linalg.norm(f, axis=1, keepdims=True) for f in feats)
     sims = query @ bank.T
     hits = 0
