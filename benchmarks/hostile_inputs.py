@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -52,6 +53,10 @@ def main():
                                        "resume, settings, one-line, own-folders, index-search, report, table, "
                                        "cache-clear, existing-folder, torchrun, divergence, archives, user-files)")
     args = parser.parse_args()
+    # started in the background (`cmd &` in a script, nohup), this process and every command it starts would
+    # ignore SIGINT (an ignored signal stays ignored across exec), and the Ctrl-C cases would test nothing:
+    # a handled SIGINT here is reset to the default in each child, where Python's KeyboardInterrupt takes it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
