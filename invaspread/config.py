@@ -25,6 +25,7 @@ from .config_methods import check_installed, include_method, new_method_config, 
 from .config_validate import validate   # the whole config's checks
 from .errors import ConfigError, InvaspreadError, shown  # noqa: F401  (re-exported: user code imports them from here)
 
+
 @dataclass
 class DataConfig:
     name: str = "digits"  # digits | cifar10 | cifar10_unseen | image_folder | stl10 | cub200 | cars196 | sop

@@ -39,8 +39,6 @@ CHOICES = {
     "eval.features": ("auto", *EVAL_FEATURES),
 }
 
-
-
 DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -80,6 +78,7 @@ def _check_model(model) -> None:
         raise ConfigError(f"{shown_keys}: {'apply' if len(unread) > 1 else 'applies'} to model.arch=resnet18_cifar "
                           f"only (model.arch={model.arch} has its authors' fixed widths and global pooling); drop "
                           f"{'them' if len(unread) > 1 else 'it'} from the config, or pass {resets}")
+
 
 def _check_choices(cfg) -> None:
     for key, allowed in CHOICES.items():
