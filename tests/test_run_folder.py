@@ -199,10 +199,11 @@ def test_keep_and_save_epochs_leave_earlier_checkpoints_to_go_back_to(tmp_path):
         load_config(None, ["train.keep=-1"])
 
 
-def test_a_resume_with_overrides_interrupted_before_its_first_epoch_can_resume_again(tmp_path, monkeypatch):
+def _resume_stopped_before_its_first_step(run, monkeypatch):
+    """A one-epoch run, then a resume to 2 epochs stopped (Ctrl-C) in its first training step: last.pt and
+    config.yaml were both rewritten with train.epochs=2, no epoch was added."""
     import invaspread.engine.trainer as trainer
 
-    run = tmp_path / "run"
     fit(tiny(epochs=1), run, log=lambda s: None)
 
     def interrupted(*args, **kwargs):
@@ -212,6 +213,11 @@ def test_a_resume_with_overrides_interrupted_before_its_first_epoch_can_resume_a
     with pytest.raises(KeyboardInterrupt):
         fit(None, run, resume=True, overrides=["train.epochs=2"], log=lambda s: None)
     monkeypatch.undo()
+
+
+def test_a_resume_with_overrides_interrupted_before_its_first_epoch_can_resume_again(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _resume_stopped_before_its_first_step(run, monkeypatch)
     fit(None, run, resume=True, log=lambda s: None)             # config.yaml and last.pt agree: no "edited"
     assert epochs_logged(run) == [0, 1, 2]
 
@@ -278,18 +284,8 @@ def test_an_edit_after_a_resume_that_wrote_config_yaml_is_still_refused(tmp_path
     once config.yaml was rewritten (here the resume is stopped before its first step), an edit is refused. (A hand
     edit that writes back exactly the older config cannot be told from the cut: last.pt's config wins, and the
     resume says "resumed with ..." and records it.)"""
-    import invaspread.engine.trainer as trainer
-
     run = tmp_path / "run"
-    fit(tiny(epochs=1), run, log=lambda s: None)
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(None, run, resume=True, overrides=["train.epochs=2"], log=lambda s: None)
-    monkeypatch.undo()
+    _resume_stopped_before_its_first_step(run, monkeypatch)
     assert "config_before_resume" in load_checkpoint(run)
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("width: 8", "width: 32"))
     with pytest.raises(ConfigError, match=r"was edited \(model.width\)"):

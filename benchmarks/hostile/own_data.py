@@ -19,8 +19,9 @@ from PIL import Image
 from harness import REPO, TINY, case, cli, finite_checkpoint, load, metric_epochs, one_line_error
 from conftest import noise_image, write_image_folder, write_imagefolder_archive, write_mixed_folder  # noqa: E402
 
-QUICK = ["--set", "model.width=8", "--set", "train.batch_size=4", "--set", "data.num_workers=0", "--set",
-         "train.progress=false", "--set", "eval.knn_k=3"]
+QUICK_ANY_ARCH = ["--set", "train.batch_size=4", "--set", "data.num_workers=0", "--set", "train.progress=false",
+                  "--set", "eval.knn_k=3"]
+QUICK = ["--set", "model.width=8", *QUICK_ANY_ARCH]
 
 
 def _count(text, pattern):
@@ -57,7 +58,7 @@ def _(w):
     for command in commands:
         argv = shlex.split(command.replace("~/", f"{home}/"))[1:]
         if argv[0] == "train":   # shortened; not by model.width, which the block's model.arch=resnet18 refuses
-            argv += ["--epochs", "1", *QUICK[2:]]
+            argv += ["--epochs", "1", *QUICK_ANY_ARCH]
         codes.append(cli(*argv, cwd=w).returncode)
     return codes == [0] * len(commands) and len(commands) == 5, f"exit codes {codes}"
 

@@ -91,11 +91,10 @@ class Reporter(Silent):
 
         start_epoch = 0 if state is None else int(state["epoch"])
         if state is not None and state["overrides"]:
-            # last.pt first, keeping the config it replaces: a kill before config.yaml is rewritten leaves that older
-            # config there, which the next resume recognises (``trainer._cut_resume``) instead of calling it an edit
-            save_checkpoint({**{k: v for k, v in state.items() if k not in ("overrides", "config_before_resume")},
-                             "config": cfg.to_dict(), "config_before_resume": state.get("config_before_resume",
-                                                                                         state["config"])},
+            # last.pt first, with the config it replaces (``config_before_resume``, from ``resumed_config``): a kill
+            # before config.yaml is rewritten leaves that older config there, which the next resume recognises
+            # (``trainer._cut_resume``) instead of calling it an edit
+            save_checkpoint({**{k: v for k, v in state.items() if k != "overrides"}, "config": cfg.to_dict()},
                             self.path / "last.pt")
         save_config(cfg, self.path / "config.yaml")
         if state is not None:

@@ -60,24 +60,23 @@ def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
     and a ``config.yaml`` edited by hand (the run continues from last.pt's config, never silently another)."""
     import yaml
 
-    saved = validate(from_dict(state["config"], str(out_dir / "last.pt")))
+    saved = validate(from_dict(state["config"], str(out_dir / "last.pt"))).to_dict()
     on_disk = out_dir / "config.yaml"
     if on_disk.is_file():
         try:
             edited = completed(yaml.safe_load(on_disk.read_text()), str(on_disk))   # keys added since: defaults
         except (yaml.YAMLError, UnicodeDecodeError, InvaspreadError):
             edited = None
-        cut = _cut_resume(state, edited, saved.to_dict(), str(on_disk))
+        cut = _cut_resume(state, edited, saved, str(on_disk))
         if cut is not None:
             state["unrecorded_overrides"] = cut   # recorded now, with this resume's own changes
-        elif edited != saved.to_dict():
-            changed = sorted(f"{section}.{key}" for section, values in (edited or {}).items() if isinstance(values, dict)
-                             for key in values if values[key] != saved.to_dict().get(section, {}).get(key))
+        elif edited != saved:
+            changed = sorted(key for key, _ in _changed_keys(edited or {}, saved))
             raise ConfigError(f"{on_disk} was edited ({', '.join(changed) or 'unreadable'}); a resumed run continues "
                               f"with the config saved in last.pt: undo the edit, and pass an allowed change on the "
                               f"command line instead ({', '.join(RESUME_OVERRIDES)})")
-    if "unrecorded_overrides" not in state:
-        state.pop("config_before_resume", None)   # config.yaml agrees with last.pt: a next cut is measured from here
+    if "unrecorded_overrides" not in state:   # config.yaml agrees with last.pt: what a cut of this resume would leave
+        state["config_before_resume"] = state["config"]
     cfg = from_dict(state["config"], str(out_dir / "last.pt"))
     for text in overrides or []:
         key, value = parse_override(text)
@@ -95,8 +94,8 @@ def resumed_config(state: dict, out_dir: Path, overrides) -> Config:
 
 def _cut_resume(state: dict, on_disk: Optional[dict], saved: dict, source: str) -> Optional[list]:
     """The changes of a resume that was cut after it wrote last.pt but before it rewrote config.yaml and
-    overrides.jsonl (``Reporter._open_files`` keeps the config it replaced as ``config_before_resume`` until the
-    first epoch's checkpoint): ``config.yaml`` is then that older config, not an edit. Returns those changes as
+    overrides.jsonl (``Reporter._open_files`` saves the config it replaced, ``config_before_resume``, in last.pt
+    until the first epoch's checkpoint): ``config.yaml`` is then that older config, not an edit. Returns those changes as
     ``key=value`` for overrides.jsonl, or None when ``config.yaml`` is not that state (equal, or edited)."""
     before = state.get("config_before_resume")
     if before is None or on_disk is None or on_disk == saved:
@@ -106,8 +105,13 @@ def _cut_resume(state: dict, on_disk: Optional[dict], saved: dict, source: str) 
             return None
     except InvaspreadError:
         return None
-    return [f"{section}.{key}={values[key]}" for section, values in saved.items() if isinstance(values, dict)
-            for key in values if values[key] != on_disk.get(section, {}).get(key)]
+    return [f"{key}={value}" for key, value in _changed_keys(saved, on_disk)]
+
+
+def _changed_keys(new: dict, old: dict) -> list:
+    """(dotted key, value in ``new``) of every ``section.key`` of config dict ``new`` whose value differs in ``old``."""
+    return [(f"{section}.{key}", values[key]) for section, values in new.items() if isinstance(values, dict)
+            for key in values if values[key] != old.get(section, {}).get(key)]
 
 
 @dataclass
